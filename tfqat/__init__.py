@@ -1,0 +1,13 @@
+"""tfqat: quantization-aware training and int8 export of edge vision models.
+
+Importing this package selects Keras 2 (tf_keras) for TensorFlow, which TF-MOT needs, without
+importing TensorFlow itself: the deployment runtime (`tfqat.runtime`) must import on a device
+that has no TensorFlow. Modules that need TensorFlow import it through `tfqat.tf_compat`.
+"""
+
+import os
+
+__version__ = "0.1.0"
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,202 @@
+"""YOLOv8-style detector as one flat functional tf_keras graph that TF-MOT can quantize.
+
+Only layers with a quantize config in TF-MOT's default 8-bit scheme are used: Conv2D,
+BatchNormalization (folded into the preceding Conv2D), Activation("swish") / ReLU(6.0),
+MaxPooling2D, UpSampling2D (nearest), Concatenate and Add. No Lambda, no raw tf ops.
+
+The graph ends at six raw head tensors (see `yolo_spec.OUTPUT_NAMES`): DFL logits and class
+logits per level. Decoding (DFL softmax, sigmoid, NMS) happens outside the graph, in
+`tfqat.postprocess.detection`.
+"""
+
+import math
+
+from tfqat.models.yolo_spec import LEVELS, OUTPUT_NAMES, STRIDES, check_input_size
+from tfqat.tf_compat import keras
+
+layers = keras.layers
+
+__all__ = ["ACTIVATIONS", "OUTPUT_NAMES", "SIZES", "STRIDES", "build_yolo"]
+
+# name -> (depth multiple, width multiple, max channels), as in Ultralytics' yolov8.yaml.
+# Parameter counts (all weights incl. BN moving statistics, 80 classes, reg_max=16; the
+# head's box branch is at least 4 * reg_max = 64 wide, which dominates the small sizes):
+#   n 3.16M, s 11.17M, pico 1.05M, femto 0.59M  (see tests/test_yolo_model.py)
+SIZES = {
+    "n": (0.33, 0.25, 1024),
+    "s": (0.33, 0.50, 1024),
+    "pico": (0.33, 0.125, 1024),
+    "femto": (0.33, 0.0625, 1024),
+}
+
+
+def _silu(name):
+    return layers.Activation("swish", name=name)
+
+
+def _relu6(name):
+    return layers.ReLU(6.0, name=name)
+
+
+# TF-MOT's default scheme quantizes Activation("swish") and ReLU(6.0). hard-swish is left out:
+# tf_keras has no "hard_swish" activation and building one (x * relu6(x + 3) / 6) needs a
+# constant add, i.e. a Lambda or a custom layer that TF-MOT would not quantize.
+ACTIVATIONS = {"silu": _silu, "relu6": _relu6}
+
+# Ultralytics' BatchNorm2d(eps=1e-3, momentum=0.03) in Keras terms.
+_BN_MOMENTUM = 0.97
+_BN_EPSILON = 1e-3
+
+
+def _lookup(mapping, key, what):
+    if key not in mapping:
+        raise ValueError(f"Unknown {what} {key!r}; valid choices: {sorted(mapping)}")
+    return mapping[key]
+
+
+def _make_divisible(x, divisor=8):
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def conv_bn_act(x, filters, kernel_size, strides, name, act, kernel_initializer="glorot_uniform"):
+    """Conv2D (no bias, 'same') -> BatchNormalization -> activation."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=kernel_initializer,
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    return act(f"{name}_act")(x)
+
+
+def bottleneck(x, filters, shortcut, name, act):
+    y = conv_bn_act(x, filters, 3, 1, f"{name}_cv1", act)
+    y = conv_bn_act(y, filters, 3, 1, f"{name}_cv2", act)
+    if shortcut and x.shape[-1] == filters:
+        y = layers.Add(name=f"{name}_add")([x, y])
+    return y
+
+
+def c2f(x, filters, depth, shortcut, name, act):
+    """YOLOv8's C2f block.
+
+    Ultralytics runs one 1x1 conv to 2c channels and chunks its output in two. Output channels of
+    a conv, a BN and an elementwise activation are independent, so two 1x1 convs of c channels
+    each (`cv1a`, `cv1b`) compute exactly the two chunks, with the same parameter count, and
+    need no tf.split / Lambda.
+    """
+    hidden = filters // 2
+    parts = [
+        conv_bn_act(x, hidden, 1, 1, f"{name}_cv1a", act),
+        conv_bn_act(x, hidden, 1, 1, f"{name}_cv1b", act),
+    ]
+    for i in range(depth):
+        parts.append(bottleneck(parts[-1], hidden, shortcut, f"{name}_m{i}", act))
+    y = layers.Concatenate(name=f"{name}_cat")(parts)
+    return conv_bn_act(y, filters, 1, 1, f"{name}_cv2", act)
+
+
+def sppf(x, filters, name, act, pool_size=5):
+    hidden = x.shape[-1] // 2
+    parts = [conv_bn_act(x, hidden, 1, 1, f"{name}_cv1", act)]
+    for i in range(3):
+        pool = layers.MaxPooling2D(pool_size, strides=1, padding="same", name=f"{name}_pool{i}")
+        parts.append(pool(parts[-1]))
+    y = layers.Concatenate(name=f"{name}_cat")(parts)
+    return conv_bn_act(y, filters, 1, 1, f"{name}_cv2", act)
+
+
+def detect_head(features, num_classes, reg_max, act):
+    """Decoupled YOLOv8 head; returns [box_p3, cls_p3, box_p4, cls_p4, box_p5, cls_p5]."""
+    box_width = max(16, features[0].shape[-1] // 4, 4 * reg_max)
+    cls_width = max(features[0].shape[-1], min(num_classes, 100))
+    outputs = []
+    for x, level, stride in zip(features, LEVELS, STRIDES):
+        box = conv_bn_act(x, box_width, 3, 1, f"box_{level}_cv1", act)
+        box = conv_bn_act(box, box_width, 3, 1, f"box_{level}_cv2", act)
+        box = layers.Conv2D(
+            4 * reg_max, 1, bias_initializer=keras.initializers.Constant(1.0), name=f"box_{level}"
+        )(box)
+        # Prior: about 5 objects per 640x640 image, spread over the classes and this level's cells.
+        cls_prior = math.log(5 / num_classes / (640 / stride) ** 2)
+        cls = conv_bn_act(x, cls_width, 3, 1, f"cls_{level}_cv1", act)
+        cls = conv_bn_act(cls, cls_width, 3, 1, f"cls_{level}_cv2", act)
+        cls = layers.Conv2D(
+            num_classes,
+            1,
+            bias_initializer=keras.initializers.Constant(cls_prior),
+            name=f"cls_{level}",
+        )(cls)
+        outputs += [box, cls]
+    return outputs
+
+
+def build_yolo(num_classes, size="n", input_size=(256, 256), activation="silu", reg_max=16):
+    """Builds the YOLOv8-style detector.
+
+    Args:
+      num_classes: number of object classes.
+      size: a key of `SIZES`.
+      input_size: (height, width), multiples of 32.
+      activation: a key of `ACTIVATIONS`.
+      reg_max: DFL bins per box side; distances cover 0 .. reg_max - 1 strides.
+
+    Returns:
+      A keras.Model taking float32 images [B, H, W, 3] with pixel values 0..255 (RGB, as the
+      device has them; no normalisation outside the model), and returning the list of six head
+      tensors named as in `OUTPUT_NAMES`.
+    """
+    depth_mult, width_mult, max_channels = _lookup(SIZES, size, "YOLO size")
+    act = _lookup(ACTIVATIONS, activation, "activation")
+    if num_classes < 1 or reg_max < 2:
+        raise ValueError(f"need num_classes >= 1 and reg_max >= 2; got {num_classes}, {reg_max}")
+    height, width = check_input_size(input_size)
+
+    def ch(c):
+        return _make_divisible(min(c, max_channels) * width_mult)
+
+    def n(d):
+        return max(round(d * depth_mult), 1)
+
+    images = keras.Input((height, width, 3), dtype="float32", name="image")
+    # Normalisation is folded into the stem: it sees raw 0..255 pixels, so its kernel starts
+    # 127.5x smaller than usual (outputs start near unit scale) and BatchNormalization removes
+    # the mean. No Rescaling layer: TF-MOT's default scheme does not quantize it.
+    stem_init = keras.initializers.VarianceScaling(
+        scale=1.0 / 127.5**2, mode="fan_in", distribution="truncated_normal"
+    )
+    x = conv_bn_act(images, ch(64), 3, 2, "stem", act, kernel_initializer=stem_init)  # P1/2
+
+    # === Backbone ===
+    x = conv_bn_act(x, ch(128), 3, 2, "down_p2", act)
+    x = c2f(x, ch(128), n(3), True, "c2f_p2", act)
+    x = conv_bn_act(x, ch(256), 3, 2, "down_p3", act)
+    p3 = c2f(x, ch(256), n(6), True, "c2f_p3", act)
+    x = conv_bn_act(p3, ch(512), 3, 2, "down_p4", act)
+    p4 = c2f(x, ch(512), n(6), True, "c2f_p4", act)
+    x = conv_bn_act(p4, ch(1024), 3, 2, "down_p5", act)
+    x = c2f(x, ch(1024), n(3), True, "c2f_p5", act)
+    p5 = sppf(x, ch(1024), "sppf", act)
+
+    # === PAN-FPN neck ===
+    x = layers.UpSampling2D(2, interpolation="nearest", name="up_p5")(p5)
+    x = layers.Concatenate(name="cat_top_p4")([x, p4])
+    top_p4 = c2f(x, ch(512), n(3), False, "c2f_top_p4", act)
+    x = layers.UpSampling2D(2, interpolation="nearest", name="up_p4")(top_p4)
+    x = layers.Concatenate(name="cat_out_p3")([x, p3])
+    out_p3 = c2f(x, ch(256), n(3), False, "c2f_out_p3", act)
+    x = conv_bn_act(out_p3, ch(256), 3, 2, "down_out_p3", act)
+    x = layers.Concatenate(name="cat_out_p4")([x, top_p4])
+    out_p4 = c2f(x, ch(512), n(3), False, "c2f_out_p4", act)
+    x = conv_bn_act(out_p4, ch(512), 3, 2, "down_out_p4", act)
+    x = layers.Concatenate(name="cat_out_p5")([x, p5])
+    out_p5 = c2f(x, ch(1024), n(3), False, "c2f_out_p5", act)
+
+    # === Head ===
+    outputs = detect_head([out_p3, out_p4, out_p5], num_classes, reg_max, act)
+    assert [o.name.split("/")[0] for o in outputs] == list(OUTPUT_NAMES)
+    return keras.Model(images, outputs, name=f"yolo_{size}_{activation}")

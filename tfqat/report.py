@@ -1,0 +1,71 @@
+"""report.json / report.md of a run: one row per artifact (CONTRACT.md). No TensorFlow."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+
+from tfqat.fileio import atomic_write
+
+
+def gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9))
+
+
+def kernel_sparsity(kernels) -> float:
+    """Fraction of exact zeros over the given conv/dense kernels."""
+    total = sum(k.size for k in kernels)
+    zeros = sum(int((np.asarray(k) == 0).sum()) for k in kernels)
+    return zeros / total if total else 0.0
+
+
+def artifact_row(name, path, fmt, precision, data: bytes, sparsity, metrics, predictions,
+                 model_dir):
+    return {
+        "name": name,
+        "path": os.path.relpath(path, model_dir),
+        "format": fmt,
+        "precision": precision,
+        "size_bytes": len(data),
+        "gzip_bytes": gzip_size(data),
+        "sparsity": round(float(sparsity), 6),
+        "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
+        "predictions": os.path.relpath(predictions, model_dir),
+    }
+
+
+def load_report(model_dir: str) -> dict | None:
+    path = os.path.join(model_dir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_report(model_dir: str, report: dict):
+    atomic_write(os.path.join(model_dir, "report.json"), json.dumps(report, indent=1))
+    atomic_write(os.path.join(model_dir, "report.md"), report_markdown(report))
+
+
+def upsert_artifact(report: dict, row: dict):
+    """Replaces the artifact of the same name, or appends it."""
+    report["artifacts"] = [a for a in report.get("artifacts", []) if a["name"] != row["name"]]
+    report["artifacts"].append(row)
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# tfqat report: {report['task']}", ""]
+    lines.append(f"Input size (h, w): {report['input_size']}  ")
+    lines.append(f"Val set: `{report['val_annotations']}`")
+    lines += ["", "| stage | steps | seconds |", "| --- | ---: | ---: |"]
+    lines += [f"| {s['name']} | {s['steps']} | {s['seconds']:.1f} |" for s in report["stages"]]
+    metric_names = sorted({m for a in report["artifacts"] for m in a["metrics"]})
+    lines += ["", "| artifact | format | precision | size (bytes) | gzip (bytes) | sparsity | "
+              + " | ".join(metric_names) + " |"]
+    lines.append("| --- " * (6 + len(metric_names)) + "|")
+    for a in report["artifacts"]:
+        metrics = " | ".join(f"{a['metrics'].get(m, float('nan')):.4f}" for m in metric_names)
+        lines.append(f"| {a['name']} | {a['format']} | {a['precision']} | {a['size_bytes']} | "
+                     f"{a['gzip_bytes']} | {a['sparsity']:.3f} | {metrics} |")
+    return "\n".join(lines) + "\n"

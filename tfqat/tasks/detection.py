@@ -1,0 +1,105 @@
+"""The detection task: YOLO model, loss, data and validation, glued for the training loop."""
+
+import dataclasses
+
+import numpy as np
+
+from tfqat import evaluation
+from tfqat.data import draw, pipeline
+from tfqat.data.coco import CocoDataset
+from tfqat.tf_compat import tf
+
+
+@dataclasses.dataclass
+class DetectionConfig:
+    input_size: tuple
+    model_size: str = "n"
+    activation: str = "silu"
+    batch_size: int = 16
+    augment: bool = True
+    mosaic: bool = True
+    jitter: tuple = (0.75, 1.25)
+    min_box_size: float = 1.0
+    seed: int = 0
+    val_batch_size: int = 32
+    summary_images: int = 4
+
+
+class DetectionTask:
+    name = "detection"
+    iou_type = "bbox"
+
+    def __init__(self, config: DetectionConfig, train: CocoDataset, val: CocoDataset):
+        from tfqat.losses.detection import YoloLoss
+
+        self.config = config
+        self.train_set = train
+        self.val_set = val
+        self.num_classes = len(train.category_ids)
+        self.loss = YoloLoss(self.num_classes, tuple(config.input_size))
+
+    def build_model(self):
+        from tfqat.models.yolo import build_yolo
+
+        c = self.config
+        return build_yolo(self.num_classes, size=c.model_size, input_size=tuple(c.input_size),
+                          activation=c.activation)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_set.samples) // self.config.batch_size)
+
+    def train_dataset(self, start_epoch: int):
+        c = self.config
+        return pipeline.detection_dataset(
+            self.train_set, c.input_size, c.batch_size, training=True,
+            seed=c.seed * 1000 + start_epoch, augment=c.augment, mosaic=c.mosaic,
+            jitter=c.jitter, min_box_size=c.min_box_size,
+        )
+
+    def predict(self, predict_fn):
+        return evaluation.detection_results(
+            predict_fn, self.val_set, self.config.input_size, batch_size=self.config.val_batch_size
+        )
+
+    def metrics(self, results) -> dict:
+        return evaluation.coco_metrics(self.val_set.annotation_file, results, self.iou_type)
+
+    def validate(self, model, step: int, writer) -> dict:
+        results = self.predict(keras_predict_fn(model))
+        metrics = self.metrics(results)
+        with writer.as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(f"metrics/{k}", v)
+            tf.summary.image("val_predictions", self._summary_images(results), step=step,
+                             max_outputs=self.config.summary_images)
+        writer.flush()
+        return metrics
+
+    def _summary_images(self, results):
+        """Val images with ground truth (white) and predictions above 0.3 (class colours)."""
+        from tfqat.data.coco import decode_image
+
+        pictures = []
+        for sample in self.val_set.samples[: self.config.summary_images]:
+            image = decode_image(sample.path, self.val_set.exif_transpose)
+            dets = [r for r in results if r["image_id"] == sample.image_id and r["score"] > 0.3]
+            picture = draw.draw_boxes(image, sample.boxes, sample.labels,
+                                      self.val_set.category_names, color=(255, 255, 255))
+            index = {cid: i for i, cid in enumerate(self.val_set.category_ids)}
+            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in
+                              (d["bbox"] for d in dets)], np.float32).reshape(-1, 4)
+            labels = [index[d["category_id"]] for d in dets]
+            picture = draw.draw_boxes(picture, boxes, labels, self.val_set.category_names,
+                                      scores=[d["score"] for d in dets])
+            # One size for all, as TensorBoard stacks them into one tensor.
+            pictures.append(np.asarray(picture.resize((256, 256))))
+        return np.stack(pictures) if pictures else np.zeros((0, 8, 8, 3), np.uint8)
+
+
+def keras_predict_fn(model):
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    return lambda images: [o.numpy() for o in forward(tf.constant(images))]

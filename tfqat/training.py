@@ -1,0 +1,235 @@
+"""The training loop shared by every task and stage: schedule, EMA, checkpoints, NaN guard.
+
+A task object supplies the model-specific parts (loss, validation, summary images); this module
+knows nothing of detection or pose.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+from tfqat.tf_compat import keras, tf
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+
+
+@dataclasses.dataclass
+class StageConfig:
+    name: str
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    optimizer: str = "sgd"
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr_ratio: float = 0.01
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    eval_every: int = 1
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `base_lr`, then cosine decay to `base_lr * final_ratio`."""
+
+    def __init__(self, base_lr, total_steps, warmup_steps, final_ratio=0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.final_ratio = float(final_ratio)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+        cosine = self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + tf.cos(math.pi * progress))
+        return self.base_lr * tf.where(step < warmup, step / warmup, cosine)
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "final_ratio": self.final_ratio,
+        }
+
+
+OPTIMIZERS = {
+    "sgd": lambda lr, c: keras.optimizers.SGD(
+        lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay, jit_compile=False
+    ),
+    "adamw": lambda lr, c: keras.optimizers.AdamW(
+        lr, weight_decay=c.weight_decay, beta_1=c.momentum, jit_compile=False
+    ),
+}
+
+
+@dataclasses.dataclass
+class StageResult:
+    model: keras.Model  # the EMA weights
+    steps: int
+    seconds: float  # training wall time, summed over resumed runs
+
+
+def make_optimizer(config: StageConfig):
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    schedule = WarmupCosine(
+        config.learning_rate,
+        config.total_steps,
+        round(config.warmup_epochs * config.steps_per_epoch),
+        config.final_lr_ratio,
+    )
+    optimizer = OPTIMIZERS[config.optimizer](schedule, config)
+    # Batch-norm scales/offsets and biases are not decayed, as in YOLOv8.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+class ModelEMA:
+    """Exponential moving average of every float weight (BN statistics included), as in YOLOv8.
+
+    The decay ramps up as `decay * (1 - exp(-updates / tau))`, so early weights fade fast.
+    The averaged weights live in `self.model`, a clone of the trained model.
+    """
+
+    def __init__(self, model: keras.Model, decay: float, tau: float):
+        self.model = keras.models.clone_model(model)
+        self.model.set_weights(model.get_weights())
+        self.decay = decay
+        self.tau = tau
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+
+    def update(self, model: keras.Model):
+        self.updates.assign_add(1)
+        d = self.decay * (1.0 - tf.exp(-tf.cast(self.updates, tf.float32) / self.tau))
+        for ema_w, w in zip(self.model.weights, model.weights):
+            if ema_w.dtype.is_floating:
+                ema_w.assign(d * ema_w + (1.0 - d) * w)
+
+
+def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str, *, verbose=1):
+    """Trains `model` for one stage, resuming from the stage's latest checkpoint.
+
+    `train_ds(start_epoch)` returns the (infinite) training dataset, shuffled from a seed that
+    depends on `start_epoch`, so a resumed run does not replay the first epochs' order.
+    Returns the EMA model (what gets evaluated and exported), steps and seconds. Checkpoints go to
+    `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
+    writes the data files first and then atomically replaces the `checkpoint` index, so an
+    interrupted save leaves the previous checkpoint in force.
+    """
+    optimizer = make_optimizer(config)
+    ema = ModelEMA(model, config.ema_decay, config.ema_tau)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
+    checkpoint = tf.train.Checkpoint(model=model, ema=ema.model, ema_updates=ema.updates,
+                                     optimizer=optimizer, epoch=epoch, seconds=seconds)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, "checkpoints", config.name), max_to_keep=2
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        if verbose:
+            print(f"[{config.name}] resumed from {manager.latest_checkpoint} at epoch {int(epoch)}")
+    start_epoch = int(epoch)
+    if start_epoch >= config.epochs:
+        return StageResult(ema.model, int(optimizer.iterations), float(seconds))
+
+    train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "validation"))
+    optimizer.build(model.trainable_variables)
+    step_fn = _make_train_step(task, model, optimizer, ema)
+    dataset = train_ds(start_epoch)
+    if start_epoch == 0:
+        _write_graph(train_writer, model, dataset)
+    iterator = iter(dataset)
+    for e in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        _run_epoch(step_fn, iterator, config, e, optimizer, train_writer, verbose)
+        epoch.assign(e + 1)
+        seconds.assign_add(time.perf_counter() - started)
+        if (e + 1) % config.eval_every == 0 or e + 1 == config.epochs:
+            metrics = task.validate(ema.model, step=int(optimizer.iterations), writer=val_writer)
+            if verbose:
+                print(f"[{config.name}] epoch {e + 1}/{config.epochs} val " +
+                      " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        manager.save(checkpoint_number=e + 1)
+    return StageResult(ema.model, int(optimizer.iterations), float(seconds))
+
+
+def restore_ema(model: keras.Model, model_dir: str, stage: str) -> keras.Model | None:
+    """Loads a stage's latest EMA weights into (a clone of) `model`, or None if none saved."""
+    directory = os.path.join(model_dir, "checkpoints", stage)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        return None
+    ema_model = keras.models.clone_model(model)
+    tf.train.Checkpoint(ema=ema_model).restore(latest).expect_partial()
+    return ema_model
+
+
+def _make_train_step(task, model, optimizer, ema):
+    @tf.function
+    def step(images, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            losses = task.loss(targets, outputs)
+        grads = tape.gradient(losses["total"], model.trainable_variables)
+        finite = tf.math.is_finite(losses["total"])
+        # A non-finite loss leaves the weights untouched; the Python side then stops the run.
+        if finite:
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            ema.update(model)
+        return losses
+
+    return step
+
+
+def _write_graph(writer, model, dataset):
+    """The model's forward graph, for TensorBoard's Graphs tab."""
+    images_spec = dataset.element_spec[0]
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(images_spec).graph
+    with writer.as_default():
+        tf.summary.graph(graph)
+    writer.flush()
+
+
+def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose):
+    progbar = keras.utils.Progbar(config.steps_per_epoch, verbose=verbose,
+                                  stateful_metrics=["lr", "img/s"])
+    start = time.perf_counter()
+    batch = None
+    for i in range(config.steps_per_epoch):
+        images, targets = next(iterator)
+        batch = int(images.shape[0])
+        losses = step_fn(images, targets)
+        values = {k: float(v) for k, v in losses.items()}
+        step = int(optimizer.iterations)
+        if not np.isfinite(values["total"]):
+            raise TrainingDiverged(
+                f"[{config.name}] loss became {values['total']} at epoch {epoch + 1}, step {step} "
+                f"({', '.join(f'{k}={v}' for k, v in values.items())}). Training stopped; the last "
+                "good checkpoint is kept. Lower --lr or check the dataset with "
+                "tools/inspect_dataset.py."
+            )
+        lr = float(optimizer.learning_rate)
+        if step % 10 == 0 or i + 1 == config.steps_per_epoch:
+            with writer.as_default(step=step):
+                for k, v in values.items():
+                    tf.summary.scalar(f"loss/{k}", v)
+                tf.summary.scalar("learning_rate", lr)
+        rate = (i + 1) * batch / (time.perf_counter() - start)
+        progbar.update(i + 1, [(k, v) for k, v in values.items()] + [("lr", lr), ("img/s", rate)])
+    writer.flush()
