@@ -34,7 +34,7 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None):
 
 
 def evaluate_keras(task, model, name, model_dir):
-    from tfqat.tasks.detection import keras_predict_fn
+    from tfqat.tasks.common import keras_predict_fn
 
     results = task.predict(keras_predict_fn(model))
     metrics = task.metrics(results)

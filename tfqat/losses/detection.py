@@ -30,9 +30,9 @@ def flatten_outputs(outputs, reg_max, num_classes):
         raise ValueError(f"expected {2 * len(STRIDES)} head tensors, got {len(outputs)}")
     box, cls = [], []
     for box_level, cls_level in zip(outputs[0::2], outputs[1::2]):
-        batch = tf.shape(box_level)[0]
-        box.append(tf.reshape(tf.cast(box_level, tf.float32), [batch, -1, 4, reg_max]))
-        cls.append(tf.reshape(tf.cast(cls_level, tf.float32), [batch, -1, num_classes]))
+        cells = box_level.shape[1] * box_level.shape[2]  # static, so A is known when tracing
+        box.append(tf.reshape(tf.cast(box_level, tf.float32), [-1, cells, 4, reg_max]))
+        cls.append(tf.reshape(tf.cast(cls_level, tf.float32), [-1, cells, num_classes]))
     return tf.concat(box, axis=1), tf.concat(cls, axis=1)
 
 
@@ -139,7 +139,8 @@ def assign_targets(
     target_classes = tf.gather(class_index, target_gt_index, batch_dims=1)
     target_boxes = tf.gather(gt_boxes, target_gt_index, batch_dims=1)
     target_boxes = tf.where(fg_mask[..., None], target_boxes, 0.0)
-    target_scores = tf.one_hot(target_classes, num_classes) * tf.cast(fg_mask, tf.float32)[..., None]
+    fg_float = tf.cast(fg_mask, tf.float32)
+    target_scores = tf.one_hot(target_classes, num_classes) * fg_float[..., None]
 
     # Soft class targets: each GT's best positive gets its best IoU, the others proportionally.
     align = align * mask_pos
@@ -209,7 +210,7 @@ class YoloLoss:
 
     def __call__(self, targets, outputs):
         box_logits, cls_logits = flatten_outputs(outputs, self.reg_max, self.num_classes)
-        if box_logits.shape[1] is not None and box_logits.shape[1] != self.points.shape[0]:
+        if box_logits.shape[1] != self.points.shape[0]:
             raise ValueError(
                 f"outputs hold {box_logits.shape[1]} anchors, but input_size {self.input_size} "
                 f"gives {self.points.shape[0]}"

@@ -7,6 +7,7 @@ import numpy as np
 from tfqat import evaluation
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
+from tfqat.tasks.common import keras_predict_fn
 from tfqat.tf_compat import tf
 
 
@@ -95,11 +96,3 @@ class DetectionTask:
             # One size for all, as TensorBoard stacks them into one tensor.
             pictures.append(np.asarray(picture.resize((256, 256))))
         return np.stack(pictures) if pictures else np.zeros((0, 8, 8, 3), np.uint8)
-
-
-def keras_predict_fn(model):
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)
-
-    return lambda images: [o.numpy() for o in forward(tf.constant(images))]
