@@ -187,8 +187,9 @@ def _make_train_step(task, model, optimizer, ema):
             outputs = model(images, training=True)
             losses = task.loss(targets, outputs)
         grads = tape.gradient(losses["total"], model.trainable_variables)
-        finite = tf.math.is_finite(losses["total"])
-        # A non-finite loss leaves the weights untouched; the Python side then stops the run.
+        finite = tf.math.is_finite(losses["total"]) & tf.math.is_finite(tf.linalg.global_norm(grads))
+        # A non-finite loss or gradient leaves the weights untouched; Python then stops the run.
+        losses["total"] = tf.where(finite, losses["total"], np.nan)
         if finite:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             ema.update(model)

@@ -1,0 +1,133 @@
+"""The training loop: resume, NaN stop, and the smoke recipe's run directory end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfqat import training
+from tfqat.tf_compat import keras, tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ToyTask:
+    """Linear regression: enough to exercise the loop without a detector."""
+
+    def __init__(self, nan_after_step=None):
+        self.nan_after_step = nan_after_step
+        self.validations = 0
+
+    def build_model(self):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(1, name="dense")(inputs))
+
+    def train_dataset(self, start_epoch):
+        rng = np.random.default_rng(start_epoch)
+        x = rng.normal(size=(64, 4)).astype(np.float32)
+        y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
+
+    def loss(self, targets, outputs):
+        total = tf.reduce_mean(tf.square(outputs - targets))
+        if self.nan_after_step is not None:
+            step = tf.cast(self.step_counter, tf.float32)
+            total = total * tf.where(step >= self.nan_after_step, np.nan, 1.0)
+            self.step_counter.assign_add(1)
+        return {"total": total}
+
+    def validate(self, model, step, writer):
+        self.validations += 1
+        return {"calls": float(self.validations)}
+
+
+def _config(epochs, **kwargs):
+    return training.StageConfig(name="float", epochs=epochs, steps_per_epoch=4, learning_rate=0.05,
+                                warmup_epochs=0.5, ema_tau=2.0, **kwargs)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    task = ToyTask()
+    first = training.fit(task, task.build_model(), task.train_dataset, _config(2), str(tmp_path),
+                         verbose=0)
+    assert first.steps == 8
+    # A new process would rebuild the model from scratch; the checkpoint restores everything.
+    resumed = training.fit(task, task.build_model(), task.train_dataset, _config(3), str(tmp_path),
+                           verbose=0)
+    assert resumed.steps == 12
+    assert resumed.seconds >= first.seconds
+    np.testing.assert_equal(
+        sorted(os.listdir(tmp_path / "checkpoints" / "float"))[-1].startswith("ckpt"), True
+    )
+
+
+def test_finished_stage_is_not_trained_again(tmp_path):
+    task = ToyTask()
+    training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path), verbose=0)
+    calls = task.validations
+    again = training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path),
+                         verbose=0)
+    assert again.steps == 4 and task.validations == calls
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    task = ToyTask(nan_after_step=6)
+    task.step_counter = tf.Variable(0, dtype=tf.int64)
+    with pytest.raises(training.TrainingDiverged, match=r"loss became nan at epoch 2"):
+        training.fit(task, task.build_model(), task.train_dataset, _config(3), str(tmp_path),
+                     verbose=0)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "float"))
+    assert latest.endswith("ckpt-1")
+    model = task.build_model()
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_warmup_cosine_schedule_shape():
+    schedule = training.WarmupCosine(0.1, total_steps=100, warmup_steps=10, final_ratio=0.01)
+    lrs = [float(schedule(s)) for s in (0, 5, 10, 55, 100)]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(0.05) and lrs[2] == pytest.approx(0.1)
+    assert lrs[3] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5), rel=1e-3)
+    assert lrs[4] == pytest.approx(0.001)
+
+
+@pytest.mark.slow
+def test_smoke_recipe_writes_the_run_directory(tmp_path):
+    model_dir = tmp_path / "run"
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
+               f"--model_dir={model_dir}"]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+
+    for path in ("flags.txt", "report.json", "report.md", "predictions/keras_float.json"):
+        assert (model_dir / path).exists(), path
+    assert any(f.startswith("events") for f in os.listdir(model_dir / "train"))
+    assert any(f.startswith("events") for f in os.listdir(model_dir / "validation"))
+    report = json.loads((model_dir / "report.json").read_text())
+    assert report["task"] == "detection" and report["input_size"] == [64, 64]
+    assert os.path.isabs(report["val_annotations"]) and report["stages"][0]["name"] == "float"
+    row = next(a for a in report["artifacts"] if a["name"] == "keras_float")
+
+    from tfqat.evaluation import coco_metrics
+
+    results = json.loads((model_dir / row["predictions"]).read_text())
+    recomputed = coco_metrics(report["val_annotations"], results, "bbox")
+    assert recomputed["mAP50_95"] == pytest.approx(row["metrics"]["mAP50_95"], abs=1e-6)
+
+    # flags.txt reruns the same job: here it resumes and finds every stage done.
+    rerun = subprocess.run([sys.executable, "-m", "tfqat.train", f"--flagfile={model_dir}/flags.txt"],
+                           cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert json.loads((model_dir / "report.json").read_text())["stages"] == report["stages"]
+    del rerun
+
+
+def test_contradictory_flags_fail_before_work(tmp_path):
+    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
+               f"--model_dir={tmp_path}", "--train_annotations=/x.json"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "all-or-none" in result.stderr
+    assert not (tmp_path / "flags.txt").exists()
