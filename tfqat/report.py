@@ -43,9 +43,10 @@ def load_report(model_dir: str) -> dict | None:
         return json.load(f)
 
 
-def write_report(model_dir: str, report: dict):
-    atomic_write(os.path.join(model_dir, "report.json"), json.dumps(report, indent=1))
-    atomic_write(os.path.join(model_dir, "report.md"), report_markdown(report))
+def write_report(path: str, report: dict):
+    """Writes report.json at `path` and its Markdown twin beside it (.md)."""
+    atomic_write(path, json.dumps(report, indent=1))
+    atomic_write(os.path.splitext(path)[0] + ".md", report_markdown(report))
 
 
 def upsert_artifact(report: dict, row: dict):

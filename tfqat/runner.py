@@ -1,13 +1,34 @@
-"""Runs a recipe's stages in order, then evaluates and reports (called by tfqat.train)."""
+"""Runs a recipe's stages, evaluates its artifacts and keeps the run's report (CONTRACT.md).
 
+`tfqat.train` calls `run_recipe`; `tfqat.evaluate` calls `load_run` + `evaluate_artifact`.
+"""
+
+import dataclasses
 import os
 
 import numpy as np
+from absl import flags
 
+from tfqat import recipe
 from tfqat import report as report_lib
 from tfqat.evaluation import write_results
 from tfqat.tf_compat import keras, tf
 from tfqat.training import fit
+
+# Exported file name -> (artifact name, format, precision).
+EXPORTED = {
+    "model_float32.tflite": ("tflite_float32", "tflite", "float32"),
+    "model_int8.tflite": ("tflite_int8", "tflite", "int8"),
+    "model_int8_ptq.tflite": ("tflite_int8_ptq", "tflite", "int8"),
+}
+
+
+@dataclasses.dataclass
+class Run:
+    model_dir: str
+    options: flags.FlagValues  # the recipe's flags, as in flags.txt
+    task: object
+    paths: dict
 
 
 def run_recipe(task, model_dir, paths, stages, init_checkpoint=None):
@@ -18,36 +39,99 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None):
     results = []
     for stage in stages:
         result = fit(task, model, task.train_dataset, stage, model_dir)
-        results.append({"name": stage.name, "steps": result.steps, "seconds": round(result.seconds, 1)})
+        results.append({"name": stage.name, "steps": result.steps,
+                        "seconds": round(result.seconds, 1)})
         model = result.model
-    report = {
-        "task": task.name,
-        "input_size": list(task.config.input_size),
-        **paths,
-        "stages": results,
-        "artifacts": [],
-    }
+    report = new_report(task, paths, results)
     report_lib.upsert_artifact(report, evaluate_keras(task, model, "keras_float", model_dir))
-    report_lib.write_report(model_dir, report)
+    report_lib.write_report(os.path.join(model_dir, "report.json"), report)
     print(report_lib.report_markdown(report))
     return report
+
+
+def new_report(task, paths, stages):
+    return {"task": task.name, "input_size": list(task.config.input_size), **paths,
+            "stages": stages, "artifacts": []}
 
 
 def evaluate_keras(task, model, name, model_dir):
     from tfqat.tasks.common import keras_predict_fn
 
-    results = task.predict(keras_predict_fn(model))
-    metrics = task.metrics(results)
+    weights = [w.numpy() for w in model.weights if w.dtype.is_floating]
+    data = b"".join(np.asarray(w, np.float32).tobytes() for w in weights)
+    kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
+    return _evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
+                          "keras", "float32", data, report_lib.kernel_sparsity(kernels), model_dir)
+
+
+def _evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir):
+    results = task.predict(predict_fn)
     predictions = os.path.join(model_dir, "predictions", f"{name}.json")
     os.makedirs(os.path.dirname(predictions), exist_ok=True)
     write_results(predictions, results)
-    weights = [w for w in model.weights if w.dtype.is_floating]
-    data = b"".join(np.asarray(w.numpy(), np.float32).tobytes() for w in weights)
-    kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
-    return report_lib.artifact_row(
-        name, os.path.join(model_dir, "checkpoints"), "keras", "float32", data,
-        report_lib.kernel_sparsity(kernels), metrics, predictions, model_dir,
-    )
+    return report_lib.artifact_row(name, path, fmt, precision, data, sparsity,
+                                   task.metrics(results), predictions, model_dir)
+
+
+def load_run(model_dir, val_annotations=None, val_images=None) -> Run:
+    """Rebuilds a run's task from its flags.txt, optionally on another val set."""
+    from tfqat.data.coco import load_coco
+
+    options = flags.FlagValues()
+    recipe.define_flags(options)
+    options(["tfqat", f"--flagfile={os.path.join(model_dir, 'flags.txt')}"])
+    report = report_lib.load_report(model_dir)
+    keys = recipe.PATH_FLAGS
+    paths = {k: report[k] for k in keys} if report else recipe.dataset_paths(options)
+    if val_annotations:
+        paths.update(val_annotations=os.path.abspath(val_annotations),
+                     val_images=os.path.abspath(val_images))
+    datasets = [
+        load_coco(paths[f"{split}_annotations"], paths[f"{split}_images"], options.task,
+                  exif_transpose=options.exif_transpose,
+                  annotation_problems=options.annotation_problems)
+        for split in ("train", "val")
+    ]
+    return Run(model_dir, options, recipe.make_task(options, *datasets), paths)
+
+
+def evaluate_artifact(run: Run, path: str) -> dict:
+    """Evaluates a run directory (its latest Keras weights) or an exported file of it."""
+    if os.path.isdir(path):
+        stage = latest_stage(run)
+        model = restore_stage_model(run, stage)
+        return evaluate_keras(run.task, model, "keras_float", run.model_dir)
+    base = os.path.basename(path)
+    if base not in EXPORTED:
+        raise ValueError(f"{path}: unknown artifact; expected one of {sorted(EXPORTED)}")
+    name, fmt, precision = EXPORTED[base]
+    from tfqat.export.tflite_runtime import TFLiteRunner, kernel_sparsity
+
+    with open(path, "rb") as f:
+        data = f.read()
+    return _evaluated_row(run.task, TFLiteRunner(data), name, path, fmt, precision, data,
+                          kernel_sparsity(data), run.model_dir)
+
+
+def latest_stage(run: Run) -> str:
+    for stage in reversed(run.options.stages):
+        if tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage)):
+            return stage
+    raise FileNotFoundError(f"{run.model_dir}: no checkpoint of any stage yet")
+
+
+def restore_stage_model(run: Run, stage: str):
+    model = run.task.build_model()
+    latest = tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage))
+    tf.train.Checkpoint(ema=model).restore(latest).expect_partial()
+    return model
+
+
+def record_artifact(run: Run, row: dict, output: str):
+    report = report_lib.load_report(run.model_dir) or new_report(run.task, run.paths, [])
+    report.update(run.paths)
+    report_lib.upsert_artifact(report, row)
+    report_lib.write_report(output, report)
 
 
 def load_float_weights(model, checkpoint):
@@ -57,7 +141,7 @@ def load_float_weights(model, checkpoint):
         if latest is None:
             raise FileNotFoundError(f"--init_checkpoint={checkpoint}: no float checkpoint in it")
         tf.train.Checkpoint(ema=model).restore(latest).expect_partial()
-    elif checkpoint.endswith((".h5", ".weights.h5")):
+    elif checkpoint.endswith(".h5"):
         model.load_weights(checkpoint)
     else:
         tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
