@@ -16,10 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/make_synthetic.py --task=detection --out=runs/synthetic_detection
-	$(PY) tools/inspect_dataset.py --task=detection \
-	  --annotations=runs/synthetic_detection/annotations/instances_train.json \
-	  --images=runs/synthetic_detection/images/train --show=8 --out=runs/inspect_detection
+	$(PY) -m tfqat.train --flagfile=configs/yolo_synthetic.flags
 
 test: $(STAMP)
 	$(PY) -m pytest -q
