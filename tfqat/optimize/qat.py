@@ -10,21 +10,33 @@
   tracks the min/max of every batch seen, which depends on the data.
 * A layer TF-MOT cannot quantize is named before anything is built (`check_quantizable`),
   instead of surfacing as a RuntimeError deep in cloning, or (for `Lambda`) as a silent float op.
+* A Conv2D/Dense followed directly by ReLU keeps its weight quantizer (TF-MOT 0.8.1 drops it,
+  so that kernel would train in float and be quantized only by the converter).
 
-A QAT model is saved and restored like any other through `tf.train.Checkpoint` (what
-`tfqat.training.fit` does) into a model rebuilt with `quantize(build_float_model(), scheme)`.
-`model.save` / `load_qat_model` also work for the default scheme (not for "prune_preserve":
-TF-MOT does not serialize its sparsity-preserving weight quantizers).
+`calibrate` sets the ranges from data before QAT starts; TF-MOT's start at [-6, 6].
+
+Saving: a QAT model is saved and restored like any other through `tf.train.Checkpoint` (what
+`tfqat.training.fit` does) into a model rebuilt with `quantize(float_model, scheme)`; outputs
+are identical. For "prune_preserve", rebuild from the pruned float weights (not from a fresh
+model): TF-MOT takes the zero mask from the weights at `quantize` time, as a constant.
+`model.save("x.h5")` + `load_qat_model` also round-trip exactly, but a reloaded
+"prune_preserve" model has plain weight quantizers (fine for export, not for more training).
+The Keras v3 ".keras" format fails in TF-MOT 0.8.1 ("expected 4 variables, but received 5").
 """
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-# Not exported by TF-MOT's public API; both are registered in its `quantize_scope`.
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+# Not (all) exported by TF-MOT's public API; the configs are registered in its `quantize_scope`.
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_aware_activation,
+    quantize_layer,
+)
+from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_configs as _configs,
     default_8bit_quantize_registry as _registry,
+    default_8bit_transforms as _transforms,
 )
 
 from tfqat.tf_compat import keras
@@ -33,6 +45,7 @@ __all__ = [
     "INPUT_RANGE",
     "QUANTIZE_CONFIGS",
     "SCHEMES",
+    "calibrate",
     "check_quantizable",
     "load_qat_model",
     "qat_scope",
@@ -41,7 +54,6 @@ __all__ = [
 ]
 
 _q = tfmot.quantization.keras
-_transforms = _q.default_8bit.default_8bit_transforms
 layers = keras.layers
 
 # Every tfqat model takes float32 pixels 0..255: the int8 input is pixel - 128 (scale 1, zp -128).
@@ -83,11 +95,41 @@ class _FixedInputQuantize(_transforms.InputLayerQuantize):
             num_bits=8, init_min=INPUT_RANGE[0], init_max=INPUT_RANGE[1], narrow_range=False
         )
         node.layer["config"]["quantizer"] = keras.utils.legacy.serialize_keras_object(quantizer)
+        # A stable name ("quantize_image"), not a per-session unique "quantize_layer_<n>".
+        name = f"quantize_{match_layer.layer['config']['name']}"
+        node.layer["config"]["name"] = node.layer["name"] = name
         return node
 
 
+class _LayerReLUQuantize(_transforms.LayerReLUQuantize):
+    """TF-MOT's Conv2D/Dense -> ReLU fusion without its bug.
+
+    TF-MOT gives the Conv2D/DepthwiseConv2D/Dense a NoOpQuantizeConfig, which also drops its
+    weight quantizer: the kernel is then trained in float and quantized only by the converter.
+    Here the layer keeps its config (weights quantized) and only its output fake-quant goes
+    (NoOpActivation), as TF-MOT's own Conv2D + BatchNormalization + ReLU transform does.
+    """
+
+    def replacement(self, match_layer):
+        feeding = match_layer.input_layers[0]
+        if feeding.layer["class_name"] == "Add":
+            return super().replacement(match_layer)
+        if feeding.layer["config"].get("activation") != "linear":
+            return match_layer  # an activation of its own: keep both fake-quants
+        feeding.layer["config"]["activation"] = quantize_utils.serialize_activation(
+            quantize_aware_activation.NoOpActivation(), use_legacy_format=True
+        )
+        return match_layer
+
+
+class _LayerReluActivationQuantize(_LayerReLUQuantize):
+    def pattern(self):
+        return _transforms.LayerReluActivationQuantize().pattern()
+
+
 class _LayoutTransform(_q.default_8bit.Default8BitQuantizeLayoutTransform):
-    """TF-MOT 0.8.1's default 8-bit layout transforms, with the fixed-range input quantizer."""
+    """TF-MOT 0.8.1's default 8-bit layout transforms, with the fixed-range input quantizer
+    and the fixed Conv2D/Dense -> ReLU fusion."""
 
     def apply(self, model, layer_quantize_map):
         transforms = [
@@ -108,8 +150,8 @@ class _LayoutTransform(_q.default_8bit.Default8BitQuantizeLayoutTransform):
             _transforms.DenseBatchNormQuantize(),
             _transforms.DenseBatchNormReLUQuantize(),
             _transforms.DenseBatchNormActivationQuantize(),
-            _transforms.LayerReLUQuantize(),
-            _transforms.LayerReluActivationQuantize(),
+            _LayerReLUQuantize(),
+            _LayerReluActivationQuantize(),
         ]
         return _q.graph_transformations.model_transformer.ModelTransformer(
             model, transforms, set(layer_quantize_map), layer_quantize_map
@@ -131,7 +173,9 @@ SCHEMES = {"default": _DefaultScheme, "prune_preserve": _PrunePreserveScheme}
 
 def _make_scheme(scheme: str):
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; valid choices: {sorted(SCHEMES)}")
+        raise ValueError(
+            f"unknown quantization scheme {scheme!r}; valid choices: {sorted(SCHEMES)}"
+        )
     return SCHEMES[scheme]()
 
 
@@ -163,15 +207,22 @@ def _folded_by_scheme(layer) -> bool:
     )
 
 
+_DEFAULT_REGISTRY = _registry.Default8BitQuantizeRegistry()
+
+
+def _scheme_supports(layer, registry) -> bool:
+    # The prune-preserve registry "supports" every layer without weights but then asks the
+    # default registry for its config, so both must know the layer.
+    return _DEFAULT_REGISTRY.supports(layer) and registry.supports(layer)
+
+
 def _why_unsupported(layer, registry) -> str | None:
     """None if `layer` can be quantized under `registry` (+ QUANTIZE_CONFIGS), else the reason."""
     if isinstance(layer, layers.InputLayer) or _folded_by_scheme(layer):
         return None
-    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or "PruneLowMagnitude" in type(
-        layer
-    ).__name__:
+    if type(layer).__name__ == "PruneLowMagnitude":
         return "pruning wrapper: call tfqat.optimize.prune.strip(model) first"
-    if not registry.supports(layer) and type(layer) not in QUANTIZE_CONFIGS:
+    if not _scheme_supports(layer, registry) and type(layer) not in QUANTIZE_CONFIGS:
         return "no QuantizeConfig"
     activation = _activation_name(layer)
     if activation is not None and activation not in _SUPPORTED_ACTIVATIONS:
@@ -215,9 +266,8 @@ def quantize(model: keras.Model, scheme: str = "default") -> keras.Model:
       scheme: "default" (TF-MOT's 8-bit scheme, per-channel conv weights) or "prune_preserve"
         (the same, with weight quantizers that keep a pruned kernel's zeros at zero).
 
-    The layer names gain TF-MOT's "quant_" prefix (outputs "quant_box_p3", ...). The quantizer
-    ranges are still empty: run at least one training step (or a calibration pass with
-    `training=True`) before converting.
+    The layer names gain TF-MOT's "quant_" prefix (outputs "quant_box_p3", ...). Weight and
+    activation ranges start at TF-MOT's [-6, 6]: call `calibrate` (or train) before converting.
     """
     quantize_scheme = _make_scheme(scheme)
     check_quantizable(model, scheme)
@@ -227,7 +277,7 @@ def quantize(model: keras.Model, scheme: str = "default") -> keras.Model:
         if isinstance(layer, layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
         config = None
-        if not registry.supports(layer) and not _folded_by_scheme(layer):
+        if not _scheme_supports(layer, registry) and not _folded_by_scheme(layer):
             config = QUANTIZE_CONFIGS[type(layer)]()
         return _q.quantize_annotate_layer(layer, quantize_config=config)
 
@@ -237,44 +287,111 @@ def quantize(model: keras.Model, scheme: str = "default") -> keras.Model:
 
 
 def load_qat_model(path: str, custom_objects=None) -> keras.Model:
-    """Loads a QAT model written by `model.save` (.h5 or .keras), default scheme only."""
+    """Loads a QAT model written by `model.save("....h5")` (see the module docstring)."""
     with qat_scope(custom_objects or {}):
         return keras.models.load_model(path, compile=False)
 
 
+# === Calibration ===
+
+_CALIBRATED = ("output", "post_activation")
+
+
+def _range_variables(wrapper) -> dict[str, dict[str, object]]:
+    """{"output": {"_min": var, "_max": var}, "kernel": {...}, ...} of a QuantizeWrapper."""
+    found = {}
+    for variable in wrapper.non_trainable_weights:
+        # e.g. "quant_stem_conv/kernel_min:0", "quant_stem_act/output_max:0"
+        short = variable.name.split("/")[-1].split(":")[0]
+        for end in ("_min", "_max"):
+            if short.endswith(end):
+                found.setdefault(short[: -len(end)], {})[end] = variable
+    return {k: v for k, v in found.items() if len(v) == 2}
+
+
+def _output_in(model, layer_name):
+    """The output of a layer in `model`'s own graph (a layer shared with another model, as after
+    `strip_pruning`, has one output per graph)."""
+    layer = model.get_layer(layer_name)
+    for nodes in model._nodes_by_depth.values():  # noqa: SLF001  (tf_keras Functional)
+        for node in nodes:
+            if node.layer is layer:
+                return node.outputs
+    raise ValueError(f"layer {layer_name!r} has no node in model {model.name!r}")
+
+
+def calibrate(qat_model: keras.Model, float_model: keras.Model, images, batch_size: int = 8):
+    """Sets the QAT model's quantizer ranges from data, before QAT starts.
+
+    TF-MOT starts every activation range at [-6, 6] and moves it by an exponential moving
+    average with decay 0.999 per training step, so after N steps the arbitrary start still
+    weighs 0.999**N (0.55 after 600 steps): a short QAT stage clips wide tensors (logits) and
+    wastes levels on narrow ones. This sets each activation range to the min/max (0 included)
+    of the same tensor in `float_model` (the model `qat_model` was made from, same weights) over
+    `images`, and each weight range from the current weights, as a training step would.
+    The EMA then continues from there.
+
+    Args:
+      qat_model: the result of `quantize(float_model, ...)`.
+      float_model: the float model; its layer names are the QAT wrappers' inner names.
+      images: float32 array [N, H, W, 3] of pixels 0..255 (a few dozen training images).
+    """
+    images = np.asarray(images, np.float32)
+    targets = []  # (range variables, float layer name)
+    for layer in qat_model.layers:
+        if not isinstance(layer, _q.QuantizeWrapper):
+            continue
+        for weight, quantizer, variables in layer._weight_vars:  # noqa: SLF001
+            quantizer(weight, training=True, weights=variables)  # LastValueQuantizer assigns
+        for tensor, variables in _range_variables(layer).items():
+            if tensor in _CALIBRATED:
+                targets.append((variables, layer.layer.name))
+    if not targets:
+        return
+    names = sorted({name for _, name in targets})
+    probe = keras.Model(float_model.inputs, [_output_in(float_model, n) for n in names])
+    low = {n: 0.0 for n in names}
+    high = {n: 0.0 for n in names}
+    for start in range(0, len(images), batch_size):
+        values = probe(images[start : start + batch_size], training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        for name, value in zip(names, values):
+            low[name] = min(low[name], float(np.min(value)))
+            high[name] = max(high[name], float(np.max(value)))
+    for variables, name in targets:
+        variables["_min"].assign(low[name])
+        variables["_max"].assign(high[name])
+
+
 # === Quantizer ranges (TensorBoard) ===
+
+_RANGE_NAMES = {"post_activation": "output", "pre_activation": "activation_input"}
+
 
 def quantizer_ranges(qat_model: keras.Model) -> dict[str, tuple[float, float]]:
     """name -> (min, max) of every quantizer's range in a QAT model.
 
     Names are "<layer>/<quantized tensor>", e.g. "quant_stem_conv/kernel",
-    "quant_stem_bn/output", "quant_stem_act/output", "quantize_layer/input". A per-channel
-    weight quantizer reports the smallest min and the largest max over its channels. The fixed
-    input quantizer reports INPUT_RANGE.
+    "quant_stem_bn/output", "quant_stem_act/output", "quantize_image/input" (the QuantizeLayer
+    after the input layer "image"). A per-channel weight quantizer reports the smallest min and
+    the largest max over its channels. The fixed input quantizer reports INPUT_RANGE.
     """
     ranges = {}
     for layer in qat_model.layers:
         if isinstance(layer, _q.QuantizeWrapper):
-            found = {}
-            for variable in layer.non_trainable_weights:
-                # e.g. "quant_stem_conv/kernel_min:0", "quant_stem_act/post_activation_max:0"
-                short = variable.name.split("/")[-1].split(":")[0]
-                for end in ("_min", "_max"):
-                    if short.endswith(end):
-                        found.setdefault(short[: -len(end)], {})[end] = variable.numpy()
-            for tensor, bounds in found.items():
-                if len(bounds) == 2:
-                    tensor = {"post_activation": "output", "pre_activation": "activation_input"}.get(
-                        tensor, tensor
-                    )
-                    ranges[f"{layer.name}/{tensor}"] = (
-                        float(np.min(bounds["_min"])),
-                        float(np.max(bounds["_max"])),
-                    )
+            for tensor, variables in _range_variables(layer).items():
+                tensor = _RANGE_NAMES.get(tensor, tensor)
+                ranges[f"{layer.name}/{tensor}"] = (
+                    float(np.min(variables["_min"].numpy())),
+                    float(np.max(variables["_max"].numpy())),
+                )
         elif isinstance(layer, quantize_layer.QuantizeLayer):
             quantizer = layer.quantizer
             if isinstance(quantizer, _q.quantizers.FixedQuantizer):
-                ranges[f"{layer.name}/input"] = (float(quantizer.init_min), float(quantizer.init_max))
+                ranges[f"{layer.name}/input"] = (
+                    float(quantizer.init_min),
+                    float(quantizer.init_max),
+                )
             elif quantizer is not None:
                 variables = layer.quantizer_vars
                 ranges[f"{layer.name}/input"] = (
