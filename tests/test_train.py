@@ -102,14 +102,20 @@ def test_smoke_recipe_writes_the_run_directory(tmp_path):
                f"--model_dir={model_dir}"]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
 
-    for path in ("flags.txt", "report.json", "report.md", "predictions/keras_float.json"):
+    artifacts = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8"]
+    for path in ["flags.txt", "report.json", "report.md", "export/model_int8.tflite",
+                 "export/model_int8_ptq.tflite", "export/model_float32.tflite"] + [
+                     f"predictions/{name}.json" for name in artifacts]:
         assert (model_dir / path).exists(), path
     assert any(f.startswith("events") for f in os.listdir(model_dir / "train"))
     assert any(f.startswith("events") for f in os.listdir(model_dir / "validation"))
     report = json.loads((model_dir / "report.json").read_text())
     assert report["task"] == "detection" and report["input_size"] == [64, 64]
-    assert os.path.isabs(report["val_annotations"]) and report["stages"][0]["name"] == "float"
-    row = next(a for a in report["artifacts"] if a["name"] == "keras_float")
+    assert os.path.isabs(report["val_annotations"])
+    assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]
+    assert sorted(a["name"] for a in report["artifacts"]) == sorted(artifacts)
+    row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
+    assert row["precision"] == "int8" and row["size_bytes"] > 0
 
     from tfqat.evaluation import coco_metrics
 

@@ -14,10 +14,12 @@ RECIPE_FLAGS = [
     "annotation_problems", "model_size", "activation", "input_size", "init_checkpoint", "stages",
     "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs",
     "final_lr_ratio", "ema_decay", "ema_tau", "eval_every", "seed", "augment", "mosaic", "jitter",
-    "min_box_size",
+    "min_box_size", "qat_epochs", "qat_lr", "calibration_images",
+    "min_output_levels",
 ]
 
-KNOWN_STAGES = ["float"]
+# The stage sequences a recipe may run (pruning stages are not wired into recipes yet).
+STAGE_SEQUENCES = [["float"], ["float", "qat"]]
 
 PATH_FLAGS = ["train_annotations", "train_images", "val_annotations", "val_images"]
 
@@ -43,7 +45,14 @@ def define_flags(fv: flags.FlagValues):
     flags.DEFINE_string("activation", "silu", "Activation: silu, relu6, ...", flag_values=fv)
     flags.DEFINE_list("input_size", ["256", "256"], "Model input height,width.", flag_values=fv)
     flags.DEFINE_string("init_checkpoint", None, "Float weights to start from (a run dir or prefix).", flag_values=fv)
-    flags.DEFINE_list("stages", ["float"], "Training stages in order.", flag_values=fv)
+    flags.DEFINE_list("stages", ["float"], "Training stages in order: float or float,qat.", flag_values=fv)
+    flags.DEFINE_integer("qat_epochs", 2, "Epochs of the QAT stage (and of float_reference).", flag_values=fv)
+    flags.DEFINE_float("qat_lr", 0.002, "Peak learning rate of the QAT stage (and float_reference).", flag_values=fv)
+    flags.DEFINE_integer("calibration_images", 64,
+                         "Train images (training preprocessing) that calibrate QAT ranges and PTQ.", flag_values=fv)
+    flags.DEFINE_integer("min_output_levels", 32,
+                         "The int8 export fails if an output uses fewer distinct levels than this "
+                         "over the calibration images.", flag_values=fv)
     flags.DEFINE_integer("epochs", 10, "Epochs of the float stage.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Training batch size.", flag_values=fv)
     flags.DEFINE_float("lr", 0.01, "Peak learning rate of the float stage.", flag_values=fv)
@@ -73,9 +82,9 @@ def check(fv):
         raise ValueError("give --dataset=synthetic_* or all of --" + ", --".join(PATH_FLAGS))
     if fv.dataset and fv.dataset != f"synthetic_{fv.task}":
         raise ValueError(f"--dataset={fv.dataset} does not match --task={fv.task}")
-    unknown = [s for s in fv.stages if s not in KNOWN_STAGES]
-    if unknown or not fv.stages or fv.stages[0] != "float":
-        raise ValueError(f"--stages must start with float and use only {KNOWN_STAGES}")
+    if fv.stages not in STAGE_SEQUENCES:
+        choices = " or ".join(",".join(s) for s in STAGE_SEQUENCES)
+        raise ValueError(f"--stages={','.join(fv.stages)} is not supported; use {choices}")
     if len(fv.input_size) != 2 or any(int(v) % 32 for v in fv.input_size):
         raise ValueError("--input_size must be height,width, both multiples of 32")
     if not (fv.model_dir or fv.name):
@@ -110,12 +119,17 @@ def make_task(fv, train, val):
 def stage_configs(fv, task):
     from tfqat.training import StageConfig
 
-    return [
-        StageConfig(
-            name="float", epochs=fv.epochs, steps_per_epoch=task.steps_per_epoch,
-            learning_rate=fv.lr, optimizer=fv.optimizer, momentum=fv.momentum,
-            weight_decay=fv.weight_decay, warmup_epochs=fv.warmup_epochs,
-            final_lr_ratio=fv.final_lr_ratio, ema_decay=fv.ema_decay,
-            ema_tau=fv.ema_tau, eval_every=fv.eval_every, seed=fv.seed,
+    def stage(name, epochs, lr, warmup_epochs):
+        return StageConfig(
+            name=name, epochs=epochs, steps_per_epoch=task.steps_per_epoch, learning_rate=lr,
+            optimizer=fv.optimizer, momentum=fv.momentum, weight_decay=fv.weight_decay,
+            warmup_epochs=warmup_epochs, final_lr_ratio=fv.final_lr_ratio,
+            ema_decay=fv.ema_decay, ema_tau=fv.ema_tau, eval_every=fv.eval_every, seed=fv.seed,
         )
-    ]
+
+    stages = [stage("float", fv.epochs, fv.lr, fv.warmup_epochs)]
+    if "qat" in fv.stages:
+        # float_reference continues the float model with the QAT stage's schedule and data.
+        stages += [stage("qat", fv.qat_epochs, fv.qat_lr, 0.0),
+                   stage("float_reference", fv.qat_epochs, fv.qat_lr, 0.0)]
+    return stages

@@ -12,6 +12,7 @@ from absl import flags
 from tfqat import recipe
 from tfqat import report as report_lib
 from tfqat.evaluation import write_results
+from tfqat.fileio import atomic_write
 from tfqat.tf_compat import keras, tf
 from tfqat.training import fit
 
@@ -31,22 +32,91 @@ class Run:
     paths: dict
 
 
-def run_recipe(task, model_dir, paths, stages, init_checkpoint=None):
+def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration_images=64,
+               min_output_levels=32):
+    """Trains every stage, then evaluates (and, after QAT, exports) what they produced."""
     keras.utils.set_random_seed(stages[0].seed)
+    by_name = {stage.name: stage for stage in stages}
     model = task.build_model()
     if init_checkpoint:
         load_float_weights(model, init_checkpoint)
-    results = []
-    for stage in stages:
-        result = fit(task, model, task.train_dataset, stage, model_dir)
-        results.append({"name": stage.name, "steps": result.steps,
+    records = []
+
+    def train(stage_name, stage_model, epoch_summaries=None):
+        result = fit(task, stage_model, task.train_dataset, by_name[stage_name], model_dir,
+                     epoch_summaries=epoch_summaries)
+        records.append({"name": stage_name, "steps": result.steps,
                         "seconds": round(result.seconds, 1)})
-        model = result.model
-    report = new_report(task, paths, results)
-    report_lib.upsert_artifact(report, evaluate_keras(task, model, "keras_float", model_dir))
+        return result.model
+
+    float_model = train("float", model)
+    models = {"keras_float": float_model}
+    if "qat" in by_name:
+        from tfqat.optimize import qat
+
+        calibration = calibration_batch(task, calibration_images)
+        with qat.qat_scope():
+            qat_model = qat.quantize(clone_with_weights(float_model))
+            qat.calibrate(qat_model, float_model, calibration)
+            models["keras_qat"] = train("qat", qat_model, quantizer_range_summaries)
+        models["keras_float"] = train("float_reference", clone_with_weights(float_model))
+    report = new_report(task, paths, records)
+    for name, trained in models.items():
+        report_lib.upsert_artifact(report, evaluate_keras(task, trained, name, model_dir))
+    if "keras_qat" in models:
+        for row in export_tflite(task, models, model_dir, calibration, min_output_levels):
+            report_lib.upsert_artifact(report, row)
     report_lib.write_report(os.path.join(model_dir, "report.json"), report)
     print(report_lib.report_markdown(report))
     return report
+
+
+def clone_with_weights(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def calibration_batch(task, count: int) -> np.ndarray:
+    """Train images through the training preprocessing (letterbox), float32 pixels 0..255."""
+    from tfqat.evaluation import letterboxed_batches
+
+    batches = letterboxed_batches(task.train_set, task.config.input_size, 16, limit=count)
+    return np.concatenate([images for _, images, _ in batches])
+
+
+def quantizer_range_summaries(model, step, writer):
+    """TensorBoard: every QAT quantizer's range, to watch ranges settle (or explode)."""
+    from tfqat.optimize import qat
+
+    with writer.as_default(step=step):
+        for name, (low, high) in qat.quantizer_ranges(model).items():
+            tf.summary.scalar(f"quantizer_range/{name}/min", low)
+            tf.summary.scalar(f"quantizer_range/{name}/max", high)
+
+
+def export_tflite(task, models, model_dir, calibration, min_output_levels=32):
+    """Writes the three TFLite files, validates the int8 ones, and evaluates each file."""
+    from tfqat.export import tflite_convert
+    from tfqat.export.tflite_runtime import validate_int8
+
+    representative = [image[None] for image in calibration]
+    files = {
+        "model_float32.tflite": tflite_convert.convert_float32(models["keras_float"]),
+        "model_int8_ptq.tflite": tflite_convert.convert_int8(models["keras_float"], representative),
+        "model_int8.tflite": tflite_convert.convert_int8(models["keras_qat"], representative),
+    }
+    for name, data in files.items():
+        if EXPORTED[name][2] == "int8":
+            validate_int8(data, calibration, min_levels=min_output_levels)
+    export_dir = os.path.join(model_dir, "export")
+    os.makedirs(export_dir, exist_ok=True)
+    rows = []
+    for name, data in files.items():
+        path = os.path.join(export_dir, name)
+        atomic_write(path, data)
+        rows.append(evaluate_exported(task, path, model_dir))
+    return rows
 
 
 def new_report(task, paths, stages):
@@ -55,13 +125,15 @@ def new_report(task, paths, stages):
 
 
 def evaluate_keras(task, model, name, model_dir):
+    """A Keras model's row; a QAT model's precision is "int8-simulated" (fake-quantized float)."""
     from tfqat.tasks.common import keras_predict_fn
 
     weights = [w.numpy() for w in model.weights if w.dtype.is_floating]
     data = b"".join(np.asarray(w, np.float32).tobytes() for w in weights)
     kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
+    precision = "int8-simulated" if name == "keras_qat" else "float32"
     return _evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
-                          "keras", "float32", data, report_lib.kernel_sparsity(kernels), model_dir)
+                          "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir)
 
 
 def _evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir):
@@ -101,6 +173,10 @@ def evaluate_artifact(run: Run, path: str) -> dict:
         stage = latest_stage(run)
         model = restore_stage_model(run, stage)
         return evaluate_keras(run.task, model, "keras_float", run.model_dir)
+    return evaluate_exported(run.task, path, run.model_dir)
+
+
+def evaluate_exported(task, path, model_dir):
     base = os.path.basename(path)
     if base not in EXPORTED:
         raise ValueError(f"{path}: unknown artifact; expected one of {sorted(EXPORTED)}")
@@ -109,12 +185,13 @@ def evaluate_artifact(run: Run, path: str) -> dict:
 
     with open(path, "rb") as f:
         data = f.read()
-    return _evaluated_row(run.task, TFLiteRunner(data), name, path, fmt, precision, data,
-                          kernel_sparsity(data), run.model_dir)
+    return _evaluated_row(task, TFLiteRunner(data), name, path, fmt, precision, data,
+                          kernel_sparsity(data), model_dir)
 
 
 def latest_stage(run: Run) -> str:
-    for stage in reversed(run.options.stages):
+    """The last float stage with a checkpoint (float_reference, else float)."""
+    for stage in ("float_reference", "float"):
         if tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage)):
             return stage
     raise FileNotFoundError(f"{run.model_dir}: no checkpoint of any stage yet")

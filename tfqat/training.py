@@ -120,11 +120,14 @@ class ModelEMA:
                 ema_w.assign(d * ema_w + (1.0 - d) * w)
 
 
-def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str, *, verbose=1):
+def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str, *, verbose=1,
+        epoch_summaries=None):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
     `train_ds(start_epoch)` returns the (infinite) training dataset, shuffled from a seed that
     depends on `start_epoch`, so a resumed run does not replay the first epochs' order.
+    `epoch_summaries(model, step, writer)`, if given, writes stage-specific TensorBoard data
+    after every epoch.
     Returns the EMA model (what gets evaluated and exported), steps and seconds. Checkpoints go to
     `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
     writes the data files first and then atomically replaces the `checkpoint` index, so an
@@ -160,6 +163,8 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
         _run_epoch(step_fn, iterator, config, e, optimizer, train_writer, verbose)
         epoch.assign(e + 1)
         seconds.assign_add(time.perf_counter() - started)
+        if epoch_summaries:
+            epoch_summaries(model, int(optimizer.iterations), train_writer)
         if (e + 1) % config.eval_every == 0 or e + 1 == config.epochs:
             metrics = task.validate(ema.model, step=int(optimizer.iterations), writer=val_writer)
             if verbose:
@@ -167,17 +172,6 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
                       " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         manager.save(checkpoint_number=e + 1)
     return StageResult(ema.model, int(optimizer.iterations), float(seconds))
-
-
-def restore_ema(model: keras.Model, model_dir: str, stage: str) -> keras.Model | None:
-    """Loads a stage's latest EMA weights into (a clone of) `model`, or None if none saved."""
-    directory = os.path.join(model_dir, "checkpoints", stage)
-    latest = tf.train.latest_checkpoint(directory)
-    if latest is None:
-        return None
-    ema_model = keras.models.clone_model(model)
-    tf.train.Checkpoint(ema=ema_model).restore(latest).expect_partial()
-    return ema_model
 
 
 def _make_train_step(task, model, optimizer, ema):
