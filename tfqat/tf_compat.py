@@ -4,7 +4,6 @@ TF 2.21 defaults to Keras 3, which TF-MOT cannot quantize or prune. `import tfqa
 TF_USE_LEGACY_KERAS=1; that only works if TensorFlow was not imported before.
 """
 
-import os
 import sys
 
 import tfqat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

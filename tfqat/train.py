@@ -7,7 +7,6 @@ Rerunning with the same --model_dir resumes every stage from its latest checkpoi
 
 import os
 import sys
-import time
 
 from absl import app, flags
 

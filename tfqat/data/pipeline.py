@@ -4,8 +4,6 @@ Images are decoded and letterboxed (or cropped) by the same numpy/PIL functions 
 and the TF-free runtime use, so a model sees identical pixels in training and on the device.
 """
 
-import math
-
 import numpy as np
 
 from tfqat.data import crop as crop_lib
@@ -292,7 +290,3 @@ def _unbatch_detection(images, targets):
     ):
         valid = classes >= 0
         yield image, (boxes[valid], classes[valid].astype(int))
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return max(1, math.ceil(num_examples / batch_size))
