@@ -15,7 +15,7 @@ RECIPE_FLAGS = [
     "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs",
     "final_lr_ratio", "ema_decay", "ema_tau", "eval_every", "seed", "augment", "mosaic", "jitter",
     "min_box_size", "qat_epochs", "qat_lr", "calibration_images",
-    "min_output_levels",
+    "min_output_levels", "flip_prob", "rotation_prob", "rotation", "scale_range",
 ]
 
 # The stage sequences a recipe may run (pruning stages are not wired into recipes yet).
@@ -70,6 +70,12 @@ def define_flags(fv: flags.FlagValues):
     flags.DEFINE_list("jitter", ["0.75", "1.25"], "Jittered-resize scale range (detection).", flag_values=fv)
     flags.DEFINE_float("min_box_size", 1.0,
                        "Boxes narrower/shorter than this many input pixels are dropped from targets.", flag_values=fv)
+    flags.DEFINE_float("flip_prob", 0.5, "Pose: probability of mirroring a crop (left/right swapped).",
+                       flag_values=fv)
+    flags.DEFINE_float("rotation_prob", 0.6, "Pose: probability of rotating a crop.", flag_values=fv)
+    flags.DEFINE_float("rotation", 30.0, "Pose: largest crop rotation, degrees.", flag_values=fv)
+    flags.DEFINE_list("scale_range", ["0.75", "1.25"], "Pose: crop scale range (augmentation).",
+                      flag_values=fv)
 
 
 def check(fv):
@@ -94,10 +100,13 @@ def check(fv):
 def dataset_paths(fv) -> dict:
     if fv.train_annotations:
         return {f: os.path.abspath(getattr(fv, f)) for f in PATH_FLAGS}
-    from tfqat.data.synthetic import ensure_synthetic
+    from tfqat.data.synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic
 
+    # Detection images are made at the model's input size; pose crops come from full-size
+    # synthetic images, whatever the crop size.
+    image_size = max(input_size(fv)) if fv.task == "detection" else DEFAULT_IMAGE_SIZE
     return ensure_synthetic(fv.task, num_train=fv.num_train, num_val=fv.num_val,
-                            seed=fv.synthetic_seed, image_size=max(input_size(fv)))
+                            seed=fv.synthetic_seed, image_size=image_size)
 
 
 def input_size(fv):
@@ -105,6 +114,16 @@ def input_size(fv):
 
 
 def make_task(fv, train, val):
+    if fv.task == "pose":
+        from tfqat.tasks.pose import PoseConfig, PoseTask
+
+        config = PoseConfig(
+            input_size=input_size(fv), model_size=fv.model_size, activation=fv.activation,
+            batch_size=fv.batch_size, augment=fv.augment, flip_prob=fv.flip_prob,
+            scale_range=tuple(float(v) for v in fv.scale_range),
+            rotation_prob=fv.rotation_prob, max_rotation=fv.rotation, seed=fv.seed,
+        )
+        return PoseTask(config, train, val)
     from tfqat.tasks.detection import DetectionConfig, DetectionTask
 
     config = DetectionConfig(

@@ -78,11 +78,8 @@ def clone_with_weights(model):
 
 
 def calibration_batch(task, count: int) -> np.ndarray:
-    """Train images through the training preprocessing (letterbox), float32 pixels 0..255."""
-    from tfqat.evaluation import letterboxed_batches
-
-    batches = letterboxed_batches(task.train_set, task.config.input_size, 16, limit=count)
-    return np.concatenate([images for _, images, _ in batches])
+    """Train images through the task's preprocessing (no augmentation), float32 pixels 0..255."""
+    return task.calibration_images(count)
 
 
 def quantizer_range_summaries(model, step, writer):
@@ -108,7 +105,8 @@ def export_tflite(task, models, model_dir, calibration, min_output_levels=32):
     }
     for name, data in files.items():
         if EXPORTED[name][2] == "int8":
-            validate_int8(data, calibration, min_levels=min_output_levels)
+            validate_int8(data, calibration, score_output_names=task.score_output_names,
+                          min_levels=min_output_levels)
     export_dir = os.path.join(model_dir, "export")
     os.makedirs(export_dir, exist_ok=True)
     rows = []

@@ -7,6 +7,7 @@ import numpy as np
 from tfqat import evaluation
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
+from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.tasks.common import keras_predict_fn
 from tfqat.tf_compat import tf
 
@@ -29,6 +30,8 @@ class DetectionConfig:
 class DetectionTask:
     name = "detection"
     iou_type = "bbox"
+    # Outputs the int8 export validator requires to vary (scores, not box distributions).
+    score_output_names = tuple(n for n in OUTPUT_NAMES if n.startswith("cls_"))
 
     def __init__(self, config: DetectionConfig, train: CocoDataset, val: CocoDataset):
         from tfqat.losses.detection import YoloLoss
@@ -57,6 +60,12 @@ class DetectionTask:
             seed=c.seed * 1000 + start_epoch, augment=c.augment, mosaic=c.mosaic,
             jitter=c.jitter, min_box_size=c.min_box_size,
         )
+
+    def calibration_images(self, count: int) -> np.ndarray:
+        """The first `count` train images, letterboxed as for evaluation: float32 0..255."""
+        batches = evaluation.letterboxed_batches(self.train_set, self.config.input_size, 16,
+                                                 limit=count)
+        return np.concatenate([images for _, images, _ in batches])
 
     def predict(self, predict_fn):
         return evaluation.detection_results(

@@ -15,7 +15,7 @@ from tfqat.data.coco import CocoDataset
 from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
 from tfqat.postprocess import pose as post
 from tfqat.tasks.common import keras_predict_fn
-from tfqat.models.pose import HEATMAP_STRIDE
+from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.tf_compat import tf
 
 GT_COLOR = (255, 255, 255)
@@ -46,6 +46,7 @@ class PoseConfig:
 class PoseTask:
     name = "pose"
     iou_type = "keypoints"
+    score_output_names = OUTPUT_NAMES  # the heatmaps are the scores
 
     def __init__(self, config: PoseConfig, train: CocoDataset, val: CocoDataset):
         self.config = config
@@ -86,6 +87,12 @@ class PoseTask:
             return batch["images"], {"heatmaps": heatmaps, "weights": weights}
 
         return ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def calibration_images(self, count: int) -> np.ndarray:
+        """Crops of the first `count` train persons, as validation crops them: float32 0..255."""
+        ds = pipeline.pose_dataset(self.train_set, self.config.input_size, 64, training=False)
+        crops = np.concatenate([b["images"].numpy() for b in ds.take(-(-count // 64))])
+        return crops[:count]
 
     def _val_batches(self, limit=None):
         """Val crops of every GT person box: numpy dicts of images, keypoints, matrix, ann_id."""
