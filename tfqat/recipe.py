@@ -14,12 +14,13 @@ RECIPE_FLAGS = [
     "annotation_problems", "model_size", "activation", "input_size", "init_checkpoint", "stages",
     "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs",
     "final_lr_ratio", "ema_decay", "ema_tau", "eval_every", "seed", "augment", "mosaic", "jitter",
-    "min_box_size", "qat_epochs", "qat_lr", "calibration_images",
+    "min_box_size", "qat_epochs", "qat_lr", "calibration_images", "prune_epochs", "prune_lr",
+    "target_sparsity", "pruning_schedule", "pruning_end", "prune_exclude", "m_by_n",
     "min_output_levels", "flip_prob", "rotation_prob", "rotation", "scale_range",
 ]
 
-# The stage sequences a recipe may run (pruning stages are not wired into recipes yet).
-STAGE_SEQUENCES = [["float"], ["float", "qat"]]
+# The stage sequences a recipe may run.
+STAGE_SEQUENCES = [["float"], ["float", "qat"], ["float", "prune", "pqat"]]
 
 PATH_FLAGS = ["train_annotations", "train_images", "val_annotations", "val_images"]
 
@@ -45,9 +46,24 @@ def define_flags(fv: flags.FlagValues):
     flags.DEFINE_string("activation", "silu", "Activation: silu, relu6, ...", flag_values=fv)
     flags.DEFINE_list("input_size", ["256", "256"], "Model input height,width.", flag_values=fv)
     flags.DEFINE_string("init_checkpoint", None, "Float weights to start from (a run dir or prefix).", flag_values=fv)
-    flags.DEFINE_list("stages", ["float"], "Training stages in order: float or float,qat.", flag_values=fv)
-    flags.DEFINE_integer("qat_epochs", 2, "Epochs of the QAT stage (and of float_reference).", flag_values=fv)
-    flags.DEFINE_float("qat_lr", 0.002, "Peak learning rate of the QAT stage (and float_reference).", flag_values=fv)
+    flags.DEFINE_list("stages", ["float"], "Training stages in order: float, float,qat or float,prune,pqat.",
+                      flag_values=fv)
+    flags.DEFINE_integer("qat_epochs", 2, "Epochs of the QAT or PQAT stage (and of float_reference).",
+                         flag_values=fv)
+    flags.DEFINE_float("qat_lr", 0.002, "Peak learning rate of the QAT or PQAT stage (and float_reference).",
+                       flag_values=fv)
+    flags.DEFINE_integer("prune_epochs", 3, "Epochs of the prune stage (and of float_reference_prune).",
+                         flag_values=fv)
+    flags.DEFINE_float("prune_lr", 0.002, "Peak learning rate of the prune stage.", flag_values=fv)
+    flags.DEFINE_float("target_sparsity", 0.5, "Fraction of zeros in every pruned kernel.", flag_values=fv)
+    flags.DEFINE_enum("pruning_schedule", "polynomial", ["polynomial", "constant"],
+                      "TF-MOT PolynomialDecay (0 -> target) or ConstantSparsity.", flag_values=fv)
+    flags.DEFINE_float("pruning_end", 0.6,
+                       "Fraction of the prune stage after which the target is reached.", flag_values=fv)
+    flags.DEFINE_list("prune_exclude", [r"^stem", r"^(box|cls)_p\d$", r"^heatmaps$"],
+                      "Regular expressions on layer names that stay dense.", flag_values=fv)
+    flags.DEFINE_list("m_by_n", None, "Structured sparsity instead, e.g. 2,4 (then target_sparsity=0.5).",
+                      flag_values=fv)
     flags.DEFINE_integer("calibration_images", 64,
                          "Train images (training preprocessing) that calibrate QAT ranges and PTQ.", flag_values=fv)
     flags.DEFINE_integer("min_output_levels", 32,
@@ -91,6 +107,8 @@ def check(fv):
     if fv.stages not in STAGE_SEQUENCES:
         choices = " or ".join(",".join(s) for s in STAGE_SEQUENCES)
         raise ValueError(f"--stages={','.join(fv.stages)} is not supported; use {choices}")
+    if fv.m_by_n and abs(fv.target_sparsity - int(fv.m_by_n[0]) / int(fv.m_by_n[1])) > 1e-6:
+        raise ValueError(f"--m_by_n={','.join(fv.m_by_n)} prunes exactly m/n; set --target_sparsity to it")
     if len(fv.input_size) != 2 or any(int(v) % 32 for v in fv.input_size):
         raise ValueError("--input_size must be height,width, both multiples of 32")
     if not (fv.model_dir or fv.name):
@@ -147,8 +165,22 @@ def stage_configs(fv, task):
         )
 
     stages = [stage("float", fv.epochs, fv.lr, fv.warmup_epochs)]
-    if "qat" in fv.stages:
-        # float_reference continues the float model with the QAT stage's schedule and data.
-        stages += [stage("qat", fv.qat_epochs, fv.qat_lr, 0.0),
-                   stage("float_reference", fv.qat_epochs, fv.qat_lr, 0.0)]
+    # The float_reference* stages continue the float model with the schedules and data order of
+    # the stages after float, so keras_float has trained exactly as long as keras_qat.
+    if "prune" in fv.stages:
+        stages += [stage("prune", fv.prune_epochs, fv.prune_lr, 0.0),
+                   stage("float_reference_prune", fv.prune_epochs, fv.prune_lr, 0.0)]
+    for name in ("qat", "pqat"):
+        if name in fv.stages:
+            stages += [stage(name, fv.qat_epochs, fv.qat_lr, 0.0),
+                       stage("float_reference", fv.qat_epochs, fv.qat_lr, 0.0)]
     return stages
+
+
+def pruning_options(fv):
+    from tfqat.optimize.prune import PruningOptions
+
+    m_by_n = tuple(int(v) for v in fv.m_by_n) if fv.m_by_n else None
+    return PruningOptions(target_sparsity=fv.target_sparsity, schedule=fv.pruning_schedule,
+                          end_fraction=fv.pruning_end, exclude=tuple(fv.prune_exclude),
+                          m_by_n=m_by_n)

@@ -33,8 +33,11 @@ class Run:
 
 
 def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration_images=64,
-               min_output_levels=32):
-    """Trains every stage, then evaluates (and, after QAT, exports) what they produced."""
+               min_output_levels=32, pruning=None):
+    """Trains every stage, then evaluates (and, after QAT, exports) what they produced.
+
+    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one.
+    """
     keras.utils.set_random_seed(stages[0].seed)
     by_name = {stage.name: stage for stage in stages}
     model = task.build_model()
@@ -51,15 +54,24 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
 
     float_model = train("float", model)
     models = {"keras_float": float_model}
-    if "qat" in by_name:
+    quantize_stage = "pqat" if "pqat" in by_name else "qat" if "qat" in by_name else None
+    if quantize_stage:
         from tfqat.optimize import qat
 
         calibration = calibration_batch(task, calibration_images)
+        base = float_model
+        if "prune" in by_name:
+            base = train_pruned(train, float_model, pruning, by_name["prune"].total_steps)
+        scheme = "prune_preserve" if quantize_stage == "pqat" else "default"
         with qat.qat_scope():
-            qat_model = qat.quantize(clone_with_weights(float_model))
-            qat.calibrate(qat_model, float_model, calibration)
-            models["keras_qat"] = train("qat", qat_model, quantizer_range_summaries)
-        models["keras_float"] = train("float_reference", clone_with_weights(float_model))
+            qat_model = qat.quantize(clone_with_weights(base), scheme)
+            qat.calibrate(qat_model, base, calibration)
+            models["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
+        reference = float_model
+        for name in ("float_reference_prune", "float_reference"):
+            if name in by_name:
+                reference = train(name, clone_with_weights(reference))
+        models["keras_float"] = reference
     report = new_report(task, paths, records)
     for name, trained in models.items():
         report_lib.upsert_artifact(report, evaluate_keras(task, trained, name, model_dir))
@@ -69,6 +81,35 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
     report_lib.write_report(os.path.join(model_dir, "report.json"), report)
     print(report_lib.report_markdown(report))
     return report
+
+
+def train_pruned(train, float_model, options, stage_steps):
+    """The prune stage: a copy of the float model pruned to the target, returned stripped.
+
+    Fails (PruningTargetNotReached) rather than hand a less sparse model to PQAT.
+    """
+    from tfqat.optimize import prune
+
+    pruned = prune.prune_for_stage(clone_with_weights(float_model), options, stage_steps)
+    prune.start_pruning(pruned)
+    trained = train("prune", pruned, sparsity_summaries)  # the EMA copy, with the trained masks
+    prune.apply_masks(trained)
+    prune.check_sparsity(trained, options.target_sparsity, options.exclude, options.m_by_n)
+    return prune.strip(trained)
+
+
+def sparsity_summaries(model, step, writer):
+    """TensorBoard: each pruned layer's mask sparsity (as TF-MOT's PruningSummaries logs it).
+
+    PruningSummaries itself reads `model.optimizer`, which a custom loop leaves unset.
+    """
+    from tfqat.optimize import prune
+
+    sparsity = prune.mask_sparsity(model)
+    with writer.as_default(step=step):
+        for name, value in sparsity.items():
+            tf.summary.scalar(f"sparsity/{name}", value)
+        tf.summary.scalar("sparsity/mean_over_pruned_layers", float(np.mean(list(sparsity.values()))))
 
 
 def clone_with_weights(model):

@@ -51,7 +51,8 @@ def main(argv):
 
     task = recipe.make_task(FLAGS, train, val)
     runner.run_recipe(task, model_dir, paths, recipe.stage_configs(FLAGS, task),
-                      FLAGS.init_checkpoint, FLAGS.calibration_images, FLAGS.min_output_levels)
+                      FLAGS.init_checkpoint, FLAGS.calibration_images, FLAGS.min_output_levels,
+                      recipe.pruning_options(FLAGS))
 
 
 def run():

@@ -116,8 +116,16 @@ class ModelEMA:
         self.updates.assign_add(1)
         d = self.decay * (1.0 - tf.exp(-tf.cast(self.updates, tf.float32) / self.tau))
         for ema_w, w in zip(self.model.weights, model.weights):
-            if ema_w.dtype.is_floating:
+            if _is_pruning_state(ema_w):
+                ema_w.assign(w)
+            elif ema_w.dtype.is_floating:
                 ema_w.assign(d * ema_w + (1.0 - d) * w)
+
+
+def _is_pruning_state(variable) -> bool:
+    """TF-MOT pruning masks and thresholds: copied, never averaged (an averaged 0/1 mask is not a
+    mask, and the wrapper multiplies its kernel by it on every call)."""
+    return variable.name.endswith(("/mask:0", "/threshold:0"))
 
 
 def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str, *, verbose=1,

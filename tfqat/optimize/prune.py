@@ -23,6 +23,7 @@ included: an EMA copy whose masks were averaged (0 < mask < 1) shrinks its kerne
 validation call. An EMA should copy the mask variables verbatim instead of averaging them.
 """
 
+import dataclasses
 import re
 
 import numpy as np
@@ -35,6 +36,7 @@ from tfqat.tf_compat import keras
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "PruningOptions",
     "PRUNABLE_LAYERS",
     "SCHEDULES",
     "PruningTargetNotReached",
@@ -42,7 +44,9 @@ __all__ = [
     "check_sparsity",
     "is_prunable",
     "kernel_sparsity",
+    "mask_sparsity",
     "prune",
+    "prune_for_stage",
     "pruned_layer_names",
     "sparsity_report",
     "start_pruning",
@@ -52,8 +56,9 @@ __all__ = [
 _sparsity = tfmot.sparsity.keras
 layers = keras.layers
 
-# The 3-channel stem and the final per-level head convolutions are small and sensitive.
-DEFAULT_EXCLUDE = (r"^stem", r"^(box|cls)_p\d$")
+# The 3-channel stem and the final output convolutions (detector heads, pose heatmaps) are small
+# and sensitive.
+DEFAULT_EXCLUDE = (r"^stem", r"^(box|cls)_p\d$", r"^heatmaps$")
 # Only these layers' kernels are pruned (exact types: no subclasses).
 PRUNABLE_LAYERS = (layers.Conv2D, layers.Dense)
 # Layers whose kernels count in the sparsity reports.
@@ -168,6 +173,28 @@ def prune(
     return pruned
 
 
+@dataclasses.dataclass
+class PruningOptions:
+    """How a recipe's prune stage prunes (see `prune` for the meaning of each field)."""
+
+    target_sparsity: float = 0.5
+    schedule: str = "polynomial"
+    # Fraction of the stage after which the target is reached; the rest fine-tunes the mask.
+    end_fraction: float = 0.6
+    exclude: tuple = DEFAULT_EXCLUDE
+    m_by_n: tuple | None = None
+    mask_updates: int = 10
+
+
+def prune_for_stage(model: keras.Model, options: PruningOptions, stage_steps: int):
+    """`prune` with a schedule that reaches the target after `end_fraction` of the stage."""
+    end_step = max(1, round(options.end_fraction * stage_steps))
+    frequency = end_step // min(options.mask_updates, end_step)
+    end_step = frequency * (end_step // frequency)  # TF-MOT: a multiple of the frequency
+    return prune(model, options.target_sparsity, 0, end_step, schedule=options.schedule,
+                 exclude=options.exclude, m_by_n=options.m_by_n, frequency=frequency)
+
+
 def _wrappers(model):
     return [layer for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
 
@@ -175,6 +202,15 @@ def _wrappers(model):
 def pruned_layer_names(model) -> list[str]:
     """Names of the layers wrapped for pruning (the wrapped layers' own names)."""
     return [layer.layer.name for layer in _wrappers(model)]
+
+
+def mask_sparsity(model: keras.Model) -> dict[str, float]:
+    """Wrapped layer name -> fraction of zeros in its current pruning mask."""
+    return {
+        layer.layer.name: float(1.0 - np.mean(mask.numpy()))
+        for layer in _wrappers(model)
+        for _, mask, _ in layer.pruning_vars
+    }
 
 
 def start_pruning(model: keras.Model):
