@@ -1,0 +1,251 @@
+"""Runs an exported tfqat model on a device: numpy, pillow and the file's own runtime only.
+
+    predictor = tfqat.runtime.load("runs/x/export/model_int8.tflite")
+    detections = predictor.detect(image)                 # detection models
+    people = predictor.keypoints(image, person_boxes)    # pose models (top-down)
+
+The backend follows the file: .tflite runs on ai-edge-litert's Interpreter, or tflite-runtime's
+where LiteRT is not installed; .onnx on onnxruntime and .xml on OpenVINO
+(`tfqat.export.intel_runtime`). What the model needs (task, input size, labels, output names,
+decode parameters) comes from the file's metadata (`tfqat.export.metadata`), so a device needs no
+other file. Images go through the same letterbox / person crop and the same numpy decoders as
+training and evaluation. Nothing here imports TensorFlow.
+"""
+
+import os
+
+import numpy as np
+
+from tfqat.data import crop as crop_lib
+from tfqat.data.letterbox import letterbox_image
+from tfqat.export.metadata import read_metadata
+from tfqat.postprocess import detection as detection_post
+from tfqat.postprocess import pose as pose_post
+
+__all__ = ["DetectionPredictor", "PosePredictor", "TFLiteBackend", "load"]
+
+
+def load(path: str, num_threads: int = 2):
+    """A DetectionPredictor or PosePredictor for an exported .tflite, .onnx or OpenVINO .xml."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    metadata = read_metadata(path)
+    predictors = {"detection": DetectionPredictor, "pose": PosePredictor}
+    if metadata["task"] not in predictors:
+        raise ValueError(
+            f"{path}: metadata task {metadata['task']!r} is not one of {sorted(predictors)}"
+        )
+    return predictors[metadata["task"]](_backend(path, metadata, num_threads), metadata)
+
+
+def _backend(path: str, metadata: dict, num_threads: int):
+    extension = os.path.splitext(path)[1].lower()
+    names = list(metadata["output_names"])
+    if extension == ".tflite":
+        return TFLiteBackend(path, names, num_threads)
+    if extension in (".onnx", ".xml"):
+        from tfqat.export import intel_runtime
+
+        runner_class = (
+            intel_runtime.OnnxRunner if extension == ".onnx" else intel_runtime.OpenVINORunner
+        )
+        return runner_class(path, num_threads=num_threads, output_order=names,
+                            output_quantization=_integer_output_quantization(metadata))
+    raise ValueError(f"{path}: unknown model format; expected .tflite, .onnx or .xml")
+
+
+def _integer_output_quantization(metadata: dict) -> dict:
+    """{name: (scale, zero point)} of the int8 outputs of the .tflite the metadata describes.
+
+    The .onnx / OpenVINO files are converted from that .tflite; where they keep its integer
+    outputs, these dequantize them.
+    """
+    return {o["name"]: (o["scale"], o["zero_point"]) for o in metadata.get("outputs", [])
+            if o["dtype"] in ("int8", "uint8")}
+
+
+# === TFLite ===
+
+
+def _interpreter_module():
+    """LiteRT's interpreter module, else tflite-runtime's (what older device images install)."""
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        try:
+            from tflite_runtime import interpreter
+        except ImportError as e:
+            raise ImportError(
+                "running a .tflite needs ai-edge-litert (pip install ai-edge-litert) or "
+                "tflite-runtime"
+            ) from e
+    return interpreter
+
+
+def _normalised(tensor_name: str) -> str:
+    name = tensor_name.split(":")[0]
+    return name.removeprefix("quant_")
+
+
+class TFLiteBackend:
+    """A .tflite on one image at a time; the same interface as `TFLiteRunner` of the export.
+
+    `backend(images)` takes float32 [B, H, W, 3] pixels 0..255, quantizes them with the file's
+    input scale and zero point, and returns the dequantized float32 outputs in `output_names`
+    order (default: the file's order); `backend.raw(images)` returns them as stored (int8 for
+    an int8 file). `runtime_name` is "ai_edge_litert" or "tflite_runtime".
+
+    By default the runtime's own delegate runs what it takes (LiteRT: XNNPACK, int8 included).
+    `reference_kernels` selects TFLite's reference kernels and no delegate: slow, but the same
+    integer arithmetic in every runtime version, to tell a file's meaning from kernel rounding.
+    """
+
+    def __init__(self, path: str, output_names=None, num_threads: int = 2,
+                 reference_kernels: bool = False):
+        module = _interpreter_module()
+        self.runtime_name = module.__name__.split(".")[0]
+        options = {}
+        if reference_kernels:
+            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
+        self.interpreter = module.Interpreter(model_path=path, num_threads=num_threads, **options)
+        self.interpreter.allocate_tensors()
+        (self.input_detail,) = self.interpreter.get_input_details()
+        by_name = {_normalised(d["name"]): d for d in self.interpreter.get_output_details()}
+        if output_names is None:
+            output_names = list(by_name)
+        missing = [name for name in output_names if name not in by_name]
+        if missing:
+            raise ValueError(
+                f"{path}: outputs {missing} of the metadata are not among the file's outputs "
+                f"{sorted(by_name)}"
+            )
+        self.output_details = [by_name[name] for name in output_names]
+        self.output_names = list(output_names)
+
+    def raw(self, images) -> list[np.ndarray]:
+        images = np.asarray(images, np.float32)
+        outputs = [[] for _ in self.output_details]
+        for image in images.reshape(-1, *images.shape[-3:]):
+            self.interpreter.set_tensor(self.input_detail["index"], self._quantized(image[None]))
+            self.interpreter.invoke()
+            for collected, detail in zip(outputs, self.output_details):
+                collected.append(self.interpreter.get_tensor(detail["index"]))
+        return [np.concatenate(values) for values in outputs]
+
+    def __call__(self, images) -> list[np.ndarray]:
+        raw = self.raw(images)
+        return [_dequantized(values, detail) for values, detail in zip(raw, self.output_details)]
+
+    def _quantized(self, pixels):
+        dtype = self.input_detail["dtype"]
+        scale, zero_point = self.input_detail["quantization"]
+        if not np.issubdtype(dtype, np.integer) or scale == 0:
+            return pixels.astype(dtype)
+        limits = np.iinfo(dtype)
+        return np.clip(np.round(pixels / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+
+def _dequantized(values, detail):
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(values.dtype, np.integer) or scale == 0:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
+
+
+# === Predictors ===
+
+
+class _Predictor:
+    def __init__(self, backend, metadata: dict):
+        self.backend = backend
+        self.metadata = metadata
+        self.task = metadata["task"]
+        self.input_size = tuple(int(v) for v in metadata["input"]["size"])
+        self.decode_parameters = metadata["decode"]
+
+    def run(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        """One model-input-sized image -> {output name: dequantized float32 [1, ...]}."""
+        outputs = self.backend(np.asarray(image_uint8, np.float32)[None])
+        return dict(zip(self.backend.output_names, outputs))
+
+
+class DetectionPredictor(_Predictor):
+    """Letterbox -> model -> shared decode and NMS -> boxes in image pixels."""
+
+    def detect(self, image, score_threshold=None, iou_threshold=None, max_detections=None):
+        """Detections on an HxWx3 uint8 RGB image, by descending score.
+
+        Thresholds default to the metadata's (`decode.score_threshold` etc.).
+
+        Returns:
+          A list of {"box": [x1, y1, x2, y2] image pixels, "score", "label" (model class index),
+          "name", "category_id" (the training set's COCO id)}.
+        """
+        image = np.asarray(image, np.uint8)
+        decode = self.decode_parameters
+
+        def given_or_default(value, name):
+            return decode[name] if value is None else value
+
+        canvas, letterbox = letterbox_image(image, *self.input_size)
+        ((boxes, scores, labels),) = detection_post.postprocess(
+            self.run(canvas),
+            self.input_size,
+            [letterbox],
+            [image.shape[:2]],
+            iou_threshold=given_or_default(iou_threshold, "iou_threshold"),
+            score_threshold=given_or_default(score_threshold, "score_threshold"),
+            max_detections=given_or_default(max_detections, "max_detections"),
+            class_agnostic=decode["class_agnostic"],
+            reg_max=decode["reg_max"],
+            strides=tuple(decode["strides"]),
+        )
+        labels_info = self.metadata["labels"]
+        return [
+            {
+                "box": [float(v) for v in box],
+                "score": float(score),
+                "label": int(label),
+                "name": labels_info["names"][int(label)],
+                "category_id": int(labels_info["category_ids"][int(label)]),
+            }
+            for box, score, label in zip(boxes, scores, labels)
+        ]
+
+
+class PosePredictor(_Predictor):
+    """Top-down: person box -> padded crop -> heatmaps -> shared sub-pixel decode -> image."""
+
+    def keypoints(self, image, person_boxes=None):
+        """Keypoints of each person box on an HxWx3 uint8 RGB image.
+
+        Args:
+          person_boxes: [N, 4] xyxy in image pixels (e.g. `detect`'s boxes); None: the whole
+            image is one person box.
+
+        Returns:
+          A list of {"box", "keypoints": float32 [K, 3] (x, y in image pixels, confidence),
+          "score"} per box; the score is the mean confidence of the keypoints above the
+          metadata's `keypoint_score_threshold`, as in COCO evaluation.
+        """
+        image = np.asarray(image, np.uint8)
+        if person_boxes is None:
+            person_boxes = [[0, 0, image.shape[1], image.shape[0]]]
+        boxes = np.asarray(person_boxes, np.float64).reshape(-1, 4)
+        return [self._person(image, box) for box in boxes]
+
+    def _person(self, image, box_xyxy) -> dict:
+        decode = self.decode_parameters
+        x1, y1, x2, y2 = box_xyxy
+        box_xywh = (x1, y1, x2 - x1, y2 - y1)
+        matrix = crop_lib.crop_matrix(box_xywh, self.input_size, decode["box_padding"])
+        crop = crop_lib.warp_crop(image, matrix, self.input_size)
+        (heatmaps,) = self.run(crop).values()
+        keypoints = pose_post.decode(heatmaps, decode["heatmap_stride"], decode["blur_sigma"])[0]
+        keypoints = pose_post.to_image(keypoints, matrix)
+        record = pose_post.to_coco_results(
+            0, keypoints, score_threshold=decode["keypoint_score_threshold"]
+        )
+        box = [float(v) for v in box_xyxy]
+        return {"box": box, "keypoints": keypoints, "score": record["score"]}
