@@ -50,7 +50,7 @@ def _export(task, model, export_dir):
     """
     from tfqat.export import tflite_convert
 
-    data = tflite_convert.convert_int8(model, task.calibration_images(16))
+    data = tflite_convert.convert_int8(model, task.preprocessed_images(16))
     metadata = metadata_lib.build_metadata(task, RECIPE.format(task=task.name), data)
     os.makedirs(export_dir, exist_ok=True)
     path = os.path.join(export_dir, "model_int8.tflite")

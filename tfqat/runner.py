@@ -11,18 +11,9 @@ from absl import flags
 
 from tfqat import recipe
 from tfqat import report as report_lib
-from tfqat.evaluation import write_results
-from tfqat.fileio import atomic_write
+from tfqat.exporting import evaluate_exported, evaluated_row, export_and_evaluate
 from tfqat.tf_compat import keras, tf
 from tfqat.training import fit
-
-# Exported file name -> (artifact name, format, precision).
-EXPORTED = {
-    "model_float32.tflite": ("tflite_float32", "tflite", "float32"),
-    "model_int8.tflite": ("tflite_int8", "tflite", "int8"),
-    "model_int8_ptq.tflite": ("tflite_int8_ptq", "tflite", "int8"),
-}
-
 
 @dataclasses.dataclass
 class Run:
@@ -75,10 +66,14 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
     report = new_report(task, paths, records)
     for name, trained in models.items():
         report_lib.upsert_artifact(report, evaluate_keras(task, trained, name, model_dir))
+    report_path = os.path.join(model_dir, "report.json")
+    report_lib.write_report(report_path, report)  # kept if an export fails
     if "keras_qat" in models:
-        for row in export_tflite(task, models, model_dir, calibration, min_output_levels):
+        rows, report["parity"] = export_and_evaluate(task, models, model_dir, calibration,
+                                                     min_output_levels)
+        for row in rows:
             report_lib.upsert_artifact(report, row)
-    report_lib.write_report(os.path.join(model_dir, "report.json"), report)
+        report_lib.write_report(report_path, report)
     print(report_lib.report_markdown(report))
     return report
 
@@ -120,7 +115,7 @@ def clone_with_weights(model):
 
 def calibration_batch(task, count: int) -> np.ndarray:
     """Train images through the task's preprocessing (no augmentation), float32 pixels 0..255."""
-    return task.calibration_images(count)
+    return task.preprocessed_images(count)
 
 
 def quantizer_range_summaries(model, step, writer):
@@ -131,31 +126,6 @@ def quantizer_range_summaries(model, step, writer):
         for name, (low, high) in qat.quantizer_ranges(model).items():
             tf.summary.scalar(f"quantizer_range/{name}/min", low)
             tf.summary.scalar(f"quantizer_range/{name}/max", high)
-
-
-def export_tflite(task, models, model_dir, calibration, min_output_levels=32):
-    """Writes the three TFLite files, validates the int8 ones, and evaluates each file."""
-    from tfqat.export import tflite_convert
-    from tfqat.export.tflite_runtime import validate_int8
-
-    representative = [image[None] for image in calibration]
-    files = {
-        "model_float32.tflite": tflite_convert.convert_float32(models["keras_float"]),
-        "model_int8_ptq.tflite": tflite_convert.convert_int8(models["keras_float"], representative),
-        "model_int8.tflite": tflite_convert.convert_int8(models["keras_qat"], representative),
-    }
-    for name, data in files.items():
-        if EXPORTED[name][2] == "int8":
-            validate_int8(data, calibration, score_output_names=task.score_output_names,
-                          min_levels=min_output_levels)
-    export_dir = os.path.join(model_dir, "export")
-    os.makedirs(export_dir, exist_ok=True)
-    rows = []
-    for name, data in files.items():
-        path = os.path.join(export_dir, name)
-        atomic_write(path, data)
-        rows.append(evaluate_exported(task, path, model_dir))
-    return rows
 
 
 def new_report(task, paths, stages):
@@ -171,17 +141,8 @@ def evaluate_keras(task, model, name, model_dir):
     data = b"".join(np.asarray(w, np.float32).tobytes() for w in weights)
     kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
     precision = "int8-simulated" if name == "keras_qat" else "float32"
-    return _evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
-                          "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir)
-
-
-def _evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir):
-    results = task.predict(predict_fn)
-    predictions = os.path.join(model_dir, "predictions", f"{name}.json")
-    os.makedirs(os.path.dirname(predictions), exist_ok=True)
-    write_results(predictions, results)
-    return report_lib.artifact_row(name, path, fmt, precision, data, sparsity,
-                                   task.metrics(results), predictions, model_dir)
+    return evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
+                         "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir)
 
 
 def load_run(model_dir, val_annotations=None, val_images=None) -> Run:
@@ -215,19 +176,6 @@ def evaluate_artifact(run: Run, path: str) -> dict:
     return evaluate_exported(run.task, path, run.model_dir)
 
 
-def evaluate_exported(task, path, model_dir):
-    base = os.path.basename(path)
-    if base not in EXPORTED:
-        raise ValueError(f"{path}: unknown artifact; expected one of {sorted(EXPORTED)}")
-    name, fmt, precision = EXPORTED[base]
-    from tfqat.export.tflite_runtime import TFLiteRunner, kernel_sparsity
-
-    with open(path, "rb") as f:
-        data = f.read()
-    return _evaluated_row(task, TFLiteRunner(data), name, path, fmt, precision, data,
-                          kernel_sparsity(data), model_dir)
-
-
 def latest_stage(run: Run) -> str:
     """The last float stage with a checkpoint (float_reference, else float)."""
     for stage in ("float_reference", "float"):
@@ -241,6 +189,24 @@ def restore_stage_model(run: Run, stage: str):
     latest = tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage))
     tf.train.Checkpoint(ema=model).restore(latest).expect_partial()
     return model
+
+
+def restore_export_models(run: Run) -> dict:
+    """{"keras_float", "keras_qat"} of a finished QAT or PQAT run, from its checkpoints."""
+    from tfqat.optimize import qat
+
+    stage = next((s for s in ("pqat", "qat") if s in run.options.stages), None)
+    if stage is None:
+        raise ValueError(f"{run.model_dir}: --stages={','.join(run.options.stages)} has no QAT "
+                         "stage, so there is no int8 model to export")
+    latest = tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage))
+    if latest is None:
+        raise FileNotFoundError(f"{run.model_dir}: no checkpoint of the {stage} stage yet")
+    with qat.qat_scope():
+        qat_model = qat.quantize(run.task.build_model(),
+                                 "prune_preserve" if stage == "pqat" else "default")
+    tf.train.Checkpoint(ema=qat_model).restore(latest).expect_partial()
+    return {"keras_float": restore_stage_model(run, latest_stage(run)), "keras_qat": qat_model}
 
 
 def record_artifact(run: Run, row: dict, output: str):

@@ -161,7 +161,7 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
     train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "validation"))
     optimizer.build(model.trainable_variables)
-    step_fn = _make_train_step(task, model, optimizer, ema)
+    step_fn = make_train_step(task, model, optimizer, ema)
     dataset = train_ds(start_epoch)
     if start_epoch == 0:
         _write_graph(train_writer, model, dataset)
@@ -182,7 +182,7 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
     return StageResult(ema.model, int(optimizer.iterations), float(seconds))
 
 
-def _make_train_step(task, model, optimizer, ema):
+def make_train_step(task, model, optimizer, ema):
     @tf.function
     def step(images, targets):
         with tf.GradientTape() as tape:

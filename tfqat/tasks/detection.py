@@ -30,6 +30,7 @@ class DetectionConfig:
 class DetectionTask:
     name = "detection"
     iou_type = "bbox"
+    primary_metric = "mAP50_95"
     # Outputs the int8 export validator requires to vary (scores, not box distributions).
     score_output_names = tuple(n for n in OUTPUT_NAMES if n.startswith("cls_"))
 
@@ -61,10 +62,13 @@ class DetectionTask:
             jitter=c.jitter, min_box_size=c.min_box_size,
         )
 
-    def calibration_images(self, count: int) -> np.ndarray:
-        """The first `count` train images, letterboxed as for evaluation: float32 0..255."""
-        batches = evaluation.letterboxed_batches(self.train_set, self.config.input_size, 16,
-                                                 limit=count)
+    def preprocessed_images(self, count: int, split: str = "train") -> np.ndarray:
+        """The first `count` images of a split, letterboxed as for evaluation: float32 0..255.
+
+        Train images calibrate quantization; val images compare backends.
+        """
+        dataset = self.train_set if split == "train" else self.val_set
+        batches = evaluation.letterboxed_batches(dataset, self.config.input_size, 16, limit=count)
         return np.concatenate([images for _, images, _ in batches])
 
     def predict(self, predict_fn):

@@ -46,6 +46,7 @@ class PoseConfig:
 class PoseTask:
     name = "pose"
     iou_type = "keypoints"
+    primary_metric = "AP"
     score_output_names = OUTPUT_NAMES  # the heatmaps are the scores
 
     def __init__(self, config: PoseConfig, train: CocoDataset, val: CocoDataset):
@@ -88,9 +89,13 @@ class PoseTask:
 
         return ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def calibration_images(self, count: int) -> np.ndarray:
-        """Crops of the first `count` train persons, as validation crops them: float32 0..255."""
-        ds = pipeline.pose_dataset(self.train_set, self.config.input_size, 64, training=False)
+    def preprocessed_images(self, count: int, split: str = "train") -> np.ndarray:
+        """Crops of the first `count` persons of a split, as validation crops them: float32 0..255.
+
+        Train crops calibrate quantization; val crops compare backends.
+        """
+        dataset = self.train_set if split == "train" else self.val_set
+        ds = pipeline.pose_dataset(dataset, self.config.input_size, 64, training=False)
         crops = np.concatenate([b["images"].numpy() for b in ds.take(-(-count // 64))])
         return crops[:count]
 

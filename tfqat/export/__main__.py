@@ -1,0 +1,47 @@
+"""Exports a trained run's models to every deployable file and evaluates each one.
+
+    python -m tfqat.export --model_dir=DIR
+
+Rebuilds the QAT (or PQAT) model and the fair float model from DIR's checkpoints, then writes
+what the end of `tfqat.train` writes (CONTRACT.md): export/model_float32.tflite,
+model_int8.tflite, model_int8_ptq.tflite, model_int8.onnx, openvino/model_int8.xml/.bin,
+openvino/model_float.xml/.bin and metadata.json; every file is validated, evaluated on the run's
+val set (predictions/<artifact>.json, rows in report.json) and compared across backends.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+import tfqat  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Run directory written by tfqat.train.")
+flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not os.path.exists(os.path.join(FLAGS.model_dir, "flags.txt")):
+        raise app.UsageError(f"--model_dir={FLAGS.model_dir} is not a tfqat run (no flags.txt)")
+    from tfqat import report as report_lib
+    from tfqat import runner
+    from tfqat.exporting import export_and_evaluate
+
+    run = runner.load_run(os.path.abspath(FLAGS.model_dir))
+    models = runner.restore_export_models(run)
+    calibration = runner.calibration_batch(run.task, run.options.calibration_images)
+    rows, parity = export_and_evaluate(run.task, models, run.model_dir, calibration,
+                                       run.options.min_output_levels)
+    report = report_lib.load_report(run.model_dir) or runner.new_report(run.task, run.paths, [])
+    report["parity"] = parity
+    for row in rows:
+        report_lib.upsert_artifact(report, row)
+    report_lib.write_report(os.path.join(run.model_dir, "report.json"), report)
+    print(report_lib.report_markdown(report))
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
