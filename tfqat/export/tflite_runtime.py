@@ -175,11 +175,12 @@ def _tensor_summary(tensor) -> dict:
 def weight_sparsity(tflite_model) -> dict:
     """Exact zeros in the weights of conv / depthwise / transposed conv / fully-connected ops.
 
-    Returns {"layers": {weight tensor name: fraction of zeros}, "total": fraction over all}.
+    Returns {"layers": {weight tensor name: fraction of zeros}, "sizes": {name: weights},
+    "total": fraction over all}.
     Quantized weights are symmetric (zero point 0), so a pruned float zero stays an int8 zero.
     """
     model = _model_object(_read_bytes(tflite_model))
-    layers, zeros, total = {}, 0, 0
+    layers, sizes, zeros, total = {}, {}, 0, 0
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             index = _WEIGHT_INPUT.get(_op_name(model, op))
@@ -195,9 +196,10 @@ def weight_sparsity(tflite_model) -> dict:
                 continue
             values = np.frombuffer(model.buffers[tensor.buffer].data.tobytes(), dtype=dtype)
             layers[_text(tensor.name)] = float(np.mean(values == 0))
+            sizes[_text(tensor.name)] = int(values.size)
             zeros += int(np.count_nonzero(values == 0))
             total += values.size
-    return {"layers": layers, "total": zeros / total if total else 0.0}
+    return {"layers": layers, "sizes": sizes, "total": zeros / total if total else 0.0}
 
 
 def kernel_sparsity(tflite_model) -> float:
