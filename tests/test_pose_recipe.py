@@ -35,7 +35,8 @@ def test_smoke_pose_recipe_writes_the_run_directory(smoke_run):
     assert report["val_annotations"].endswith("person_keypoints_val.json")
     assert os.path.isabs(report["val_annotations"])
     assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]
-    assert sorted(a["name"] for a in report["artifacts"]) == sorted(ARTIFACTS)
+    # At least these; the export may add ONNX / OpenVINO rows.
+    assert set(ARTIFACTS) <= {a["name"] for a in report["artifacts"]}
     for row in report["artifacts"]:
         assert set(row["metrics"]) == {"AP", "AP50"}
 
