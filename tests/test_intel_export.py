@@ -213,3 +213,14 @@ def test_float_ir_runs_in_float(exported):
     with pytest.raises(ExportValidationError, match="in i8/u8"):
         intel.check_openvino_int8(runner.compiled)
     assert [o.shape for o in runner(images[:2])] == [(2, 32, 32, 16), (2, 32, 32, 3)]
+
+
+@pytest.mark.slow
+def test_layer_report_names_keras_layers(exported):
+    export_dir, images, _ = exported
+    report = intel.layer_report(export_dir / "model_int8.tflite", export_dir / "model_int8.onnx",
+                                images[:4])
+    layers = [row["layer"] for row in report["layers"]]
+    assert {"stem_act", "c2f_m0_add", "sppf_pool0", "box_cv_act"} <= set(layers)
+    assert all(row["mean"] <= row["max"] for row in report["layers"])
+    assert len(report["worst"]) <= 10

@@ -31,6 +31,8 @@ __all__ = [
     "check_openvino_int8",
     "convolution_precisions",
     "export_intel",
+    "keras_layer_name",
+    "layer_report",
     "onnx_to_openvino",
     "output_steps",
     "parity",
@@ -608,3 +610,104 @@ def export_intel(export_dir, calibration_images, num_threads: int = 2,
     }
     summary["parity"] = parity(runners, calibration_images, steps=output_steps(int8_tflite))
     return summary
+
+
+# === Layer-by-layer mismatch report ===
+
+def layer_report(tflite_path, onnx_path, images, top: int = 10) -> dict:
+    """Where an ONNX file starts to differ from its .tflite, layer by layer, in int8 steps.
+
+    tf2onnx keeps the .tflite's tensor names, so every int8 activation the two files share is
+    compared: the .tflite's (LiteRT, all tensors preserved) against the ONNX file's
+    (onnxruntime without graph optimizations: exact Q/DQ semantics, no int8 kernels), in steps
+    of that tensor's .tflite scale. Keyed by Keras layer name (TF-MOT's "quant_<layer>").
+
+    Returns {"layers": [{"layer", "tensor", "max", "p99", "mean"}] in the .tflite's tensor
+    order, "first_over_one_step": the first of them whose mean difference exceeds one step,
+    "worst": the `top` layers with the largest mean difference}.
+    """
+    tflite_tensors = _tflite_activations(tflite_path, images)
+    onnx_tensors = _onnx_activations(onnx_path, images, list(tflite_tensors))
+    layers = []
+    for name, values in onnx_tensors.items():
+        reference, scale = tflite_tensors[name]
+        if values.ndim == 4:
+            values = values.transpose(0, 2, 3, 1)  # tf2onnx's NCHW -> the .tflite's NHWC
+        if values.shape != reference.shape:
+            continue
+        layers.append({"layer": keras_layer_name(name), "tensor": name,
+                       **_difference_in_steps(values, reference, scale)})
+    first = next((row["layer"] for row in layers if row["mean"] > 1.0), None)
+    worst = sorted(layers, key=lambda row: -row["mean"])[:top]
+    return {"layers": layers, "first_over_one_step": first, "worst": worst}
+
+
+def keras_layer_name(tensor_name: str) -> str:
+    """The Keras layer behind a .tflite tensor name ("model/quant_c2f_p3_cv1_conv/Conv2D;...")."""
+    import re
+
+    match = re.search(r"quant_([^/;:]+)", tensor_name)
+    return match.group(1) if match else tensor_name.split(";")[0]
+
+
+def _tflite_activations(tflite_path, images) -> dict:
+    """{tensor name: (dequantized values [N, ...], scale)} of every int8 activation."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfqat.export.intel_runtime import quantize_pixels
+
+    interpreter = Interpreter(model_path=os.fspath(tflite_path),
+                              experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    (model_input,) = interpreter.get_input_details()
+    details = [d for d in interpreter.get_tensor_details()
+               if d["dtype"] == np.int8 and d["quantization"][0] > 0 and d["index"] !=
+               model_input["index"] and len(d["shape"]) >= 2]
+    collected = {d["name"]: [] for d in details}
+    for image in quantize_pixels(images, np.int8):
+        interpreter.set_tensor(model_input["index"], image[None])
+        interpreter.invoke()
+        for d in details:
+            try:
+                collected[d["name"]].append(interpreter.get_tensor(d["index"]).copy())
+            except ValueError:  # a constant (weights) or a freed tensor
+                collected.pop(d["name"], None)
+    return {d["name"]: ((np.concatenate(collected[d["name"]]).astype(np.float32)
+                         - d["quantization"][1]) * d["quantization"][0], d["quantization"][0])
+            for d in details if collected.get(d["name"])}
+
+
+def _onnx_activations(onnx_path, images, names) -> dict:
+    """{tensor name: dequantized values} of the ONNX file's int8 tensors named in `names`."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, TensorProto
+
+    model = onnx.load(os.fspath(onnx_path))
+    graph = _Graph(model.graph)
+    wanted = [n for n in names if n in graph.producer
+              and graph.producer[n].op_type == "QuantizeLinear"]
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None)
+                              for n in wanted)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    (model_input,) = session.get_inputs()
+    dtype = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
+    from tfqat.export.intel_runtime import quantize_pixels
+
+    outputs = [[] for _ in wanted]
+    for image in quantize_pixels(images, dtype):
+        for collected, values in zip(outputs, session.run(wanted, {model_input.name: image[None]})):
+            collected.append(values)
+    quantization = {n: [_initializer_value(graph, i) for i in graph.producer[n].input[1:3]]
+                    for n in wanted}
+    return {n: (np.concatenate(o).astype(np.float32) - quantization[n][1]) * quantization[n][0]
+            for n, o in zip(wanted, outputs)}
+
+
+def _initializer_value(graph: _Graph, name: str):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(graph.initializers[name]).astype(np.float32)
