@@ -7,9 +7,9 @@ Times, with the same number of threads, single-image inference of: the float32 a
 Intel peer (NNCF post-training INT8 of export/openvino/model_float.xml, made here from the
 run's calibration images: train images letterboxed as the recipe does), and the float IR at
 INFERENCE_PRECISION_HINT=f32 and at the plugin's default (bf16 on CPUs with AMX/AVX512-BF16,
-f32 elsewhere). Backends take turns, `--repeats` rounds of `--iterations` calls each; a
-backend's latency is the median of its rounds' medians, so load from other processes hits all
-of them alike. Missing Intel files are exported first (tfqat.export.intel.export_intel).
+f32 elsewhere). Backends take turns call by call for `--rounds` rounds; a backend's latency is
+its median call, so load from other processes hits all of them alike. Missing Intel files are
+exported first (tfqat.export.intel.export_intel).
 
 Prints a table and the ratios ours/NNCF and ours/f32; writes DIR/benchmark.json.
 """
@@ -26,40 +26,42 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory (its export/ holds the files).")
 flags.DEFINE_integer("threads", 2, "Inference threads of every backend.")
-flags.DEFINE_integer("repeats", 15, "Interleaved rounds.")
-flags.DEFINE_integer("iterations", 30, "Timed calls per backend and round (after warmup).")
+flags.DEFINE_integer("rounds", 400, "Interleaved rounds: timed calls per backend.")
 flags.DEFINE_integer("calibration_images", 64, "Train images for NNCF's calibration.")
 flags.mark_flag_as_required("model_dir")
 
 OURS, NNCF, F32 = "openvino_int8", "openvino_int8_nncf", "openvino_f32"
 
 
-def interleaved_latencies(calls: dict, repeats: int, iterations: int, warmup: int = 10) -> dict:
-    """{name: {"median_ms", "min_ms"}} of zero-argument callables timed in turns."""
+def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10) -> dict:
+    """{name: {"median_ms", "p10_ms"}} of zero-argument callables timed call by call in turns.
+
+    Every round calls each backend once (a different one first each round), so a burst of load
+    from another process hits all backends alike; the median over rounds is what counts.
+    """
     for call in calls.values():
         for _ in range(warmup):
             call()
-    rounds = {name: [] for name in calls}
+    times = {name: [] for name in calls}
     names = list(calls)
-    for repeat in range(repeats):
-        shift = repeat % len(names)  # a different backend goes first each round
+    for index in range(rounds):
+        shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            times = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                calls[name]()
-                times.append(time.perf_counter() - start)
-            rounds[name].append(float(np.median(times)))
-    return {name: {"median_ms": round(1e3 * float(np.median(r)), 4),
-                   "min_ms": round(1e3 * float(np.min(r)), 4)} for name, r in rounds.items()}
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_ms": round(1e3 * float(np.median(t)), 4),
+                   "p10_ms": round(1e3 * float(np.percentile(t, 10)), 4)}
+            for name, t in times.items()}
 
 
 def tflite_call(path, image, threads):
-    from tfqat.export.tflite_runtime import TFLiteRunner, _quantize
+    from tfqat.export.intel_runtime import quantize_pixels
+    from tfqat.export.tflite_runtime import TFLiteRunner
 
     runner = TFLiteRunner(path, num_threads=threads)
     interpreter, detail = runner.interpreter, runner.input_detail
-    quantized = _quantize(image, detail)
+    quantized = quantize_pixels(image, detail["dtype"])
 
     def call():
         interpreter.set_tensor(detail["index"], quantized)
@@ -133,7 +135,7 @@ def main(argv):
         "onnx_int8": prepared_call(OnnxRunner(path["model_int8.onnx"], threads), image),
         **{name: prepared_call(runner, image) for name, runner in openvino.items()},
     }
-    latencies = interleaved_latencies(calls, FLAGS.repeats, FLAGS.iterations)
+    latencies = interleaved_latencies(calls, FLAGS.rounds)
     sizes = {
         "tflite_float32": os.path.getsize(path["model_float32.tflite"]),
         "tflite_int8": os.path.getsize(path["model_int8.tflite"]),
@@ -147,13 +149,13 @@ def main(argv):
         "model_dir": os.path.abspath(FLAGS.model_dir),
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpu": _cpu_name(), "threads": threads},
-        "method": f"{FLAGS.repeats} interleaved rounds x {FLAGS.iterations} calls, batch 1, "
-                  "median of round medians; OpenVINO PERFORMANCE_HINT=LATENCY",
+        "method": f"{FLAGS.rounds} interleaved rounds of one call per backend, batch 1, "
+                  "median; OpenVINO PERFORMANCE_HINT=LATENCY",
         "calibration_images": int(len(calibration)),
         "default_float_precision": openvino["openvino_float_default"].compiled.get_property(
             "INFERENCE_PRECISION_HINT").get_type_name(),
         "latency_ms": {name: v["median_ms"] for name, v in latencies.items()},
-        "latency_min_ms": {name: v["min_ms"] for name, v in latencies.items()},
+        "latency_p10_ms": {name: v["p10_ms"] for name, v in latencies.items()},
         "size_bytes": sizes,
         "conv_precisions": {name: {p: len(n) for p, n in convolution_precisions(r.compiled).items()}
                             for name, r in openvino.items()},
@@ -177,10 +179,10 @@ def _cpu_name() -> str:
 
 
 def table(result) -> str:
-    lines = [f"{'backend':24s} {'median ms':>10s} {'min ms':>8s} {'size bytes':>11s}  convs"]
+    lines = [f"{'backend':24s} {'median ms':>10s} {'p10 ms':>8s} {'size bytes':>11s}  convs"]
     for name, ms in result["latency_ms"].items():
         convs = result["conv_precisions"].get(name, "")
-        lines.append(f"{name:24s} {ms:10.3f} {result['latency_min_ms'][name]:8.3f} "
+        lines.append(f"{name:24s} {ms:10.3f} {result['latency_p10_ms'][name]:8.3f} "
                      f"{result['size_bytes'].get(name, 0):11d}  {convs}")
     ratios = result["ratios"]
     lines.append(f"ours/NNCF {ratios['ours_over_nncf']:.3f}   "

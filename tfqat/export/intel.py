@@ -371,14 +371,16 @@ def rewrite_for_openvino(model, seven_bit_first_layer: bool = True) -> dict:
 # === Conversion ===
 
 def tflite_to_onnx(tflite_path, onnx_path, seven_bit_first_layer: bool = True) -> dict:
-    """A .tflite file -> .onnx, rewritten for OpenVINO (`rewrite_for_openvino`), written atomically.
+    """A .tflite file -> .onnx, rewritten for OpenVINO (`rewrite_for_openvino`), checked
+    (`check_onnx_int8`) and written atomically.
 
-    Returns the rewrite summary plus {"path", "size_bytes", "output_names"}.
+    Returns the rewrite summary, the check's counts and {"path", "size_bytes", "output_names"}.
     """
     import tf2onnx
 
     model, _ = tf2onnx.convert.from_tflite(os.fspath(tflite_path))
     summary = rewrite_for_openvino(model, seven_bit_first_layer)
+    summary.update(check_onnx_int8(model))
     data = model.SerializeToString()
     atomic_write(os.fspath(onnx_path), data)
     summary.update(path=os.fspath(onnx_path), size_bytes=len(data),
@@ -596,7 +598,6 @@ def export_intel(export_dir, calibration_images, num_threads: int = 2,
     int8_xml = os.path.join(export_dir, "openvino", "model_int8.xml")
     float_xml = os.path.join(export_dir, "openvino", "model_float.xml")
     summary = {"onnx": tflite_to_onnx(int8_tflite, onnx_path, seven_bit_first_layer)}
-    summary["onnx"].update(check_onnx_int8(onnx_path))
     summary["openvino_int8"] = onnx_to_openvino(onnx_path, int8_xml)
     summary["openvino_float"] = tflite_to_openvino_float(
         os.path.join(export_dir, "model_float32.tflite"), float_xml)
