@@ -119,6 +119,8 @@ class OnnxRunner(_Runner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
+        # Idle threads that spin steal the cores from whatever runs next (2-core machines).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             os.fspath(path), options, providers=["CPUExecutionProvider"]
         )
