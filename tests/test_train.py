@@ -94,18 +94,33 @@ def test_warmup_cosine_schedule_shape():
     assert lrs[4] == pytest.approx(0.001)
 
 
-@pytest.mark.slow
-def test_smoke_recipe_writes_the_run_directory(tmp_path):
-    model_dir = tmp_path / "run"
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(tmp_path / "cache"))
-    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
-               f"--model_dir={model_dir}"]
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+ARTIFACTS = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8",
+             "onnx_int8", "openvino_int8", "openvino_float"]
+EXPORTED = ["model_int8.tflite", "model_int8_ptq.tflite", "model_float32.tflite",
+            "model_int8.onnx", "openvino/model_int8.xml", "openvino/model_int8.bin",
+            "openvino/model_float.xml", "openvino/model_float.bin", "metadata.json"]
 
-    artifacts = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8"]
-    for path in ["flags.txt", "report.json", "report.md", "export/model_int8.tflite",
-                 "export/model_int8_ptq.tflite", "export/model_float32.tflite"] + [
-                     f"predictions/{name}.json" for name in artifacts]:
+
+def run_smoke(model_dir, cache, *flags):
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
+    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
+               f"--model_dir={model_dir}", *flags]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    return json.loads((model_dir / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke recipe (float, QAT, every export) run once for this module's tests."""
+    root = tmp_path_factory.mktemp("smoke_yolo")
+    run_smoke(root / "run", root / "cache")
+    return root / "run"
+
+
+def test_smoke_recipe_writes_the_run_directory(smoke_run):
+    model_dir = smoke_run
+    for path in ["flags.txt", "report.json", "report.md"] + [f"export/{f}" for f in EXPORTED] + [
+            f"predictions/{name}.json" for name in ARTIFACTS]:
         assert (model_dir / path).exists(), path
     assert any(f.startswith("events") for f in os.listdir(model_dir / "train"))
     assert any(f.startswith("events") for f in os.listdir(model_dir / "validation"))
@@ -113,7 +128,8 @@ def test_smoke_recipe_writes_the_run_directory(tmp_path):
     assert report["task"] == "detection" and report["input_size"] == [64, 64]
     assert os.path.isabs(report["val_annotations"])
     assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]
-    assert sorted(a["name"] for a in report["artifacts"]) == sorted(artifacts)
+    assert sorted(a["name"] for a in report["artifacts"]) == sorted(ARTIFACTS)
+    assert set(report["parity"]) == {"keras_qat", "onnx_int8", "openvino_int8"}
     row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
     assert row["precision"] == "int8" and row["size_bytes"] > 0
 
@@ -123,11 +139,38 @@ def test_smoke_recipe_writes_the_run_directory(tmp_path):
     recomputed = coco_metrics(report["val_annotations"], results, "bbox")
     assert recomputed["mAP50_95"] == pytest.approx(row["metrics"]["mAP50_95"], abs=1e-6)
 
-    # flags.txt reruns the same job: here it resumes and finds every stage done.
-    rerun = subprocess.run([sys.executable, "-m", "tfqat.train", f"--flagfile={model_dir}/flags.txt"],
-                           cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    assert json.loads((model_dir / "report.json").read_text())["stages"] == report["stages"]
-    del rerun
+
+def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_run):
+    before = json.loads((smoke_run / "report.json").read_text())
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_run.parent / "cache"))
+    subprocess.run([sys.executable, "-m", "tfqat.train", f"--flagfile={smoke_run}/flags.txt"],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert json.loads((smoke_run / "report.json").read_text())["stages"] == before["stages"]
+
+
+@pytest.mark.slow
+def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_run):
+    int8 = smoke_run / "export" / "model_int8.tflite"
+    int8.unlink()
+    subprocess.run([sys.executable, "-m", "tfqat.export", f"--model_dir={smoke_run}"],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    report = json.loads((smoke_run / "report.json").read_text())
+    assert int8.exists()
+    assert sorted(a["name"] for a in report["artifacts"]) == sorted(ARTIFACTS)
+
+
+@pytest.mark.slow
+def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(tmp_path):
+    report = run_smoke(tmp_path / "run", tmp_path / "cache", "--stages=float,prune,pqat",
+                       "--prune_epochs=2")
+    assert [s["name"] for s in report["stages"]] == [
+        "float", "prune", "pqat", "float_reference_prune", "float_reference"]
+    rows = {a["name"]: a for a in report["artifacts"]}
+    # 50 % of every pruned kernel; the stem and output convolutions (about 4 %) stay dense.
+    assert rows["tflite_int8"]["sparsity"] > 0.45
+    assert rows["keras_qat"]["sparsity"] == pytest.approx(rows["tflite_int8"]["sparsity"], abs=0.01)
+    assert rows["tflite_int8_ptq"]["sparsity"] < 0.05
+    assert rows["tflite_int8"]["gzip_bytes"] < 0.8 * rows["tflite_int8_ptq"]["gzip_bytes"]
 
 
 def test_contradictory_flags_fail_before_work(tmp_path):
