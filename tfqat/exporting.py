@@ -29,15 +29,27 @@ PARITY_IMAGES = 16
 def export_and_evaluate(task, models, model_dir, calibration, min_output_levels=32):
     """Exports `models` ({"keras_float", "keras_qat"}), evaluates every file, checks parity.
 
-    Returns (report rows, parity report). Raises ExportValidationError when a file is not what
-    it claims, or when an int8 backend loses more than MAX_METRIC_DROP of tflite_int8's metric.
+    Returns (report rows, parity report, problems). Raises ExportValidationError when a file is
+    not what it claims. `problems` lists each int8 backend that lost more than MAX_METRIC_DROP
+    of tflite_int8's metric, with a layer-by-layer report: the caller records the rows, then
+    fails (`fail_on`).
     """
     export_dir = export_files(task, models, model_dir, calibration, min_output_levels)
     rows = [evaluate_exported(task, os.path.join(export_dir, name), model_dir)
             for name in EXPORTED]
-    check_backend_metrics(task, rows)
     parity = backend_parity(task, models["keras_qat"], export_dir)
-    return rows, parity
+    problems = backend_metric_problems(task, rows)
+    if problems:
+        problems.append(_layer_report_text(task, export_dir))
+    return rows, parity, problems
+
+
+def fail_on(problems):
+    from tfqat.export.tflite_runtime import ExportValidationError
+
+    if problems:
+        raise ExportValidationError("int8 backends disagree with tflite_int8 (every row is in "
+                                    "report.json):\n  " + "\n  ".join(problems))
 
 
 def export_files(task, models, model_dir, calibration, min_output_levels=32):
@@ -140,21 +152,29 @@ def evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, 
                                    task.metrics(results), predictions, model_dir)
 
 
-def check_backend_metrics(task, rows):
-    """Fails when an int8 backend's main metric is > MAX_METRIC_DROP below tflite_int8's."""
-    from tfqat.export.tflite_runtime import ExportValidationError
-
+def backend_metric_problems(task, rows) -> list[str]:
+    """Each int8 backend whose main metric is > MAX_METRIC_DROP below tflite_int8's."""
     metric = task.primary_metric
     by_name = {row["name"]: row["metrics"][metric] for row in rows}
     reference = by_name["tflite_int8"]
-    failed = [f"{name}: {metric} {value:.4f} < {1 - MAX_METRIC_DROP:.2f} x tflite_int8 "
-              f"{reference:.4f}"
-              for name, value in by_name.items()
-              if name in ("onnx_int8", "openvino_int8")
-              and value < (1 - MAX_METRIC_DROP) * reference]
-    if failed:
-        raise ExportValidationError("int8 backends disagree with tflite_int8:\n  "
-                                    + "\n  ".join(failed))
+    return [f"{name}: {metric} {value:.4f} < {1 - MAX_METRIC_DROP:.2f} x tflite_int8 "
+            f"{reference:.4f}"
+            for name, value in by_name.items()
+            if name in ("onnx_int8", "openvino_int8")
+            and value < (1 - MAX_METRIC_DROP) * reference]
+
+
+def _layer_report_text(task, export_dir) -> str:
+    """Where the ONNX graph starts to differ from the .tflite, by Keras layer (int8 steps)."""
+    from tfqat.export.intel import layer_report
+
+    report = layer_report(os.path.join(export_dir, "model_int8.tflite"),
+                          os.path.join(export_dir, "model_int8.onnx"),
+                          task.preprocessed_images(PARITY_IMAGES, split="val"))
+    worst = "\n    ".join(f"{row['layer']}: mean {row['mean']}, max {row['max']} steps"
+                          for row in report["worst"])
+    return (f"layer by layer (ONNX vs .tflite, {PARITY_IMAGES} val images): first layer over "
+            f"one step on average: {report['first_over_one_step']}; largest:\n    {worst}")
 
 
 def backend_parity(task, keras_qat, export_dir) -> dict:

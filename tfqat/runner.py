@@ -11,7 +11,7 @@ from absl import flags
 
 from tfqat import recipe
 from tfqat import report as report_lib
-from tfqat.exporting import evaluate_exported, evaluated_row, export_and_evaluate
+from tfqat.exporting import evaluate_exported, evaluated_row, export_and_evaluate, fail_on
 from tfqat.tf_compat import keras, tf
 from tfqat.training import fit
 
@@ -68,13 +68,15 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
         report_lib.upsert_artifact(report, evaluate_keras(task, trained, name, model_dir))
     report_path = os.path.join(model_dir, "report.json")
     report_lib.write_report(report_path, report)  # kept if an export fails
+    problems = []
     if "keras_qat" in models:
-        rows, report["parity"] = export_and_evaluate(task, models, model_dir, calibration,
-                                                     min_output_levels)
+        rows, report["parity"], problems = export_and_evaluate(
+            task, models, model_dir, calibration, min_output_levels)
         for row in rows:
             report_lib.upsert_artifact(report, row)
         report_lib.write_report(report_path, report)
     print(report_lib.report_markdown(report))
+    fail_on(problems)
     return report
 
 

@@ -28,19 +28,20 @@ def main(argv):
         raise app.UsageError(f"--model_dir={FLAGS.model_dir} is not a tfqat run (no flags.txt)")
     from tfqat import report as report_lib
     from tfqat import runner
-    from tfqat.exporting import export_and_evaluate
+    from tfqat.exporting import export_and_evaluate, fail_on
 
     run = runner.load_run(os.path.abspath(FLAGS.model_dir))
     models = runner.restore_export_models(run)
     calibration = runner.calibration_batch(run.task, run.options.calibration_images)
-    rows, parity = export_and_evaluate(run.task, models, run.model_dir, calibration,
-                                       run.options.min_output_levels)
+    rows, parity, problems = export_and_evaluate(run.task, models, run.model_dir, calibration,
+                                                 run.options.min_output_levels)
     report = report_lib.load_report(run.model_dir) or runner.new_report(run.task, run.paths, [])
     report["parity"] = parity
     for row in rows:
         report_lib.upsert_artifact(report, row)
     report_lib.write_report(os.path.join(run.model_dir, "report.json"), report)
     print(report_lib.report_markdown(report))
+    fail_on(problems)
 
 
 if __name__ == "__main__":
