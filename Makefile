@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-all clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tfqat.train --flagfile=configs/yolo_synthetic.flags
 
+# The suite CI runs: everything but the tests marked slow.
 test: $(STAMP)
-	$(PY) -m pytest -q
-
-test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Every test, slow ones included (device-install venvs, the pose and prune smoke recipes, ...).
+test-all: $(STAMP)
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf runs .pytest_cache
