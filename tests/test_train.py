@@ -140,6 +140,7 @@ def test_smoke_recipe_writes_the_run_directory(smoke_run):
     assert recomputed["mAP50_95"] == pytest.approx(row["metrics"]["mAP50_95"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_run):
     before = json.loads((smoke_run / "report.json").read_text())
     env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_run.parent / "cache"))
