@@ -15,6 +15,7 @@ from tfqat.exporting import evaluate_exported, evaluated_row, export_and_evaluat
 from tfqat.tf_compat import keras, tf
 from tfqat.training import fit
 
+
 @dataclasses.dataclass
 class Run:
     model_dir: str
