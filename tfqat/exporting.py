@@ -109,7 +109,11 @@ def artifact_kind(path) -> tuple[str, str, str]:
 def _file_bytes(path) -> bytes:
     """The bytes that make the artifact: an IR's .xml and its .bin."""
     paths = [path, os.path.splitext(path)[0] + ".bin"] if path.endswith(".xml") else [path]
-    return b"".join(open(p, "rb").read() for p in paths)
+    data = b""
+    for part in paths:
+        with open(part, "rb") as f:
+            data += f.read()
+    return data
 
 
 def weight_sparsity(path) -> float:

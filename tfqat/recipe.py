@@ -8,6 +8,8 @@ import os
 
 from absl import flags
 
+from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
+
 RECIPE_FLAGS = [
     "name", "model_dir", "task", "dataset", "train_annotations", "train_images",
     "val_annotations", "val_images", "num_train", "num_val", "synthetic_seed", "exif_transpose",
@@ -60,7 +62,7 @@ def define_flags(fv: flags.FlagValues):
                       "TF-MOT PolynomialDecay (0 -> target) or ConstantSparsity.", flag_values=fv)
     flags.DEFINE_float("pruning_end", 0.6,
                        "Fraction of the prune stage after which the target is reached.", flag_values=fv)
-    flags.DEFINE_list("prune_exclude", [r"^stem", r"^(box|cls)_p\d$", r"^heatmaps$"],
+    flags.DEFINE_list("prune_exclude", list(DEFAULT_EXCLUDE),
                       "Regular expressions on layer names that stay dense.", flag_values=fv)
     flags.DEFINE_list("m_by_n", None, "Structured sparsity instead, e.g. 2,4 (then target_sparsity=0.5).",
                       flag_values=fv)

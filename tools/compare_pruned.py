@@ -13,12 +13,13 @@ import re
 from absl import app, flags
 
 from tfqat.export.tflite_runtime import weight_sparsity
+from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
 from tfqat.report import gzip_size
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pruned", None, "The pruned (PQAT) int8 .tflite.")
 flags.DEFINE_string("dense", None, "The dense int8 .tflite to compare with.")
-flags.DEFINE_list("exclude", [r"^stem", r"^(box|cls)_p\d$", r"^heatmaps$"],
+flags.DEFINE_list("exclude", list(DEFAULT_EXCLUDE),
                   "Layer-name patterns the prune stage keeps dense (recipe --prune_exclude).")
 flags.mark_flags_as_required(["pruned", "dense"])
 

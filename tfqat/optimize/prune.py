@@ -32,6 +32,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
     PruneLowMagnitude,  # not exported by TF-MOT's public API
 )
 
+from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
 from tfqat.tf_compat import keras
 
 __all__ = [
@@ -56,9 +57,6 @@ __all__ = [
 _sparsity = tfmot.sparsity.keras
 layers = keras.layers
 
-# The 3-channel stem and the final output convolutions (detector heads, pose heatmaps) are small
-# and sensitive.
-DEFAULT_EXCLUDE = (r"^stem", r"^(box|cls)_p\d$", r"^heatmaps$")
 # Only these layers' kernels are pruned (exact types: no subclasses).
 PRUNABLE_LAYERS = (layers.Conv2D, layers.Dense)
 # Layers whose kernels count in the sparsity reports.
