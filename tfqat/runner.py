@@ -50,7 +50,7 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
     if quantize_stage:
         from tfqat.optimize import qat
 
-        calibration = calibration_batch(task, calibration_images)
+        calibration = task.preprocessed_images(calibration_images)
         base = float_model
         if "prune" in by_name:
             base = train_pruned(train, float_model, pruning, by_name["prune"].total_steps)
@@ -114,11 +114,6 @@ def clone_with_weights(model):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
-
-
-def calibration_batch(task, count: int) -> np.ndarray:
-    """Train images through the task's preprocessing (no augmentation), float32 pixels 0..255."""
-    return task.preprocessed_images(count)
 
 
 def quantizer_range_summaries(model, step, writer):

@@ -96,7 +96,7 @@ def ir_bin_bytes(model) -> int:
 def calibration_images(model_dir, count):
     from tfqat import runner
 
-    return runner.calibration_batch(runner.load_run(model_dir).task, count)
+    return runner.load_run(model_dir).task.preprocessed_images(count)
 
 
 def ensure_intel_files(export_dir, calibration):
