@@ -1,5 +1,10 @@
 """Pruning in a custom loop: target reached, exclusions, strip, 2:4, zeros kept through PQAT."""
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -127,7 +132,7 @@ def test_two_of_four_along_input_channels():
         prune.check_sparsity(small_detector(), 0.0, m_by_n=(2, 4))
 
 
-def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned):
+def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
     images = textured_images(8)
     sparse = prune.strip(pruned[0])
 
@@ -151,3 +156,24 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned):
     for name in EXCLUDED_IN_SMALL:
         (tensor,) = [t for t in weights if f"quant_{name}/" in t]
         assert weights[tensor] < 0.05, (name, tensor, weights[tensor])
+
+    # tools/compare_pruned.py on the PQAT file against the same detector quantized unpruned.
+    dense_float = small_detector()
+    init_batchnorm(dense_float, images)
+    dense = qat.quantize(dense_float)
+    qat.calibrate(dense, dense_float, images)
+    (tmp_path / "pruned.tflite").write_bytes(data)
+    (tmp_path / "dense.tflite").write_bytes(convert_int8(dense, images))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    printed = subprocess.run(
+        [sys.executable, os.path.join(repo, "tools", "compare_pruned.py"),
+         f"--pruned={tmp_path / 'pruned.tflite'}", f"--dense={tmp_path / 'dense.tflite'}",
+         "--exclude=^stem,^box_p3$,^cls_p3$"],
+        capture_output=True, text=True, check=True, cwd=repo,
+    ).stdout
+    zeros = float(re.search(r"weights, ([0-9.]+) exact zeros", printed).group(1))
+    assert zeros == pytest.approx(0.5, abs=0.01), printed
+    pruned_bits, dense_bits = map(float, re.search(
+        r"pruned ([0-9.]+) bits/weight, dense ([0-9.]+) bits/weight", printed).groups())
+    assert pruned_bits < dense_bits - 1, printed
+    assert "gzip -9: pruned" in printed

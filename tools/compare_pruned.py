@@ -6,13 +6,18 @@ against a dense int8 .tflite (both gzipped at level 9).
 
 "Prunable" kernels are those the recipe's prune stage wraps: the stem and output convolutions
 (--exclude, the recipe default) stay dense and are reported apart. Needs no TensorFlow.
+
+It also prints the order-0 entropy of the prunable int8 weights of both files: the size an ideal
+byte-wise entropy coder (what gzip's Huffman stage approximates) would give them, to tell what
+the zeros can buy from what gzip fails to take.
 """
 
 import re
 
+import numpy as np
 from absl import app, flags
 
-from tfqat.export.tflite_runtime import weight_sparsity
+from tfqat.export.tflite_runtime import weight_tensors
 from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
 from tfqat.report import gzip_size
 
@@ -30,23 +35,38 @@ def layer_name(tensor_name: str) -> str:
     return re.sub(r"^quant_", "", scope[1] if len(scope) > 1 else scope[0])
 
 
+def is_prunable(tensor_name: str) -> bool:
+    return not any(re.search(p, layer_name(tensor_name)) for p in FLAGS.exclude)
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Order-0 entropy of `values` in bits, summed over the values."""
+    counts = np.unique(values, return_counts=True)[1].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
 def main(argv):
     del argv
-    found = weight_sparsity(FLAGS.pruned)
-    zeros = {"prunable": 0, "dense": 0}
-    sizes = {"prunable": 0, "dense": 0}
-    kept = []
-    for tensor, fraction in found["layers"].items():
-        name = layer_name(tensor)
-        group = "dense" if any(re.search(p, name) for p in FLAGS.exclude) else "prunable"
-        if group == "dense":
-            kept.append(name)
-        zeros[group] += round(fraction * found["sizes"][tensor])
-        sizes[group] += found["sizes"][tensor]
-    print(f"prunable kernels: {sizes['prunable']} weights, "
-          f"{zeros['prunable'] / sizes['prunable']:.4f} exact zeros; kept dense "
-          f"({sizes['dense']} weights, {zeros['dense'] / max(sizes['dense'], 1):.4f} zeros): "
-          f"{', '.join(sorted(kept))}")
+    weights = {name: weight_tensors(path) for name, path in
+               (("pruned", FLAGS.pruned), ("dense", FLAGS.dense))}
+    prunable = {name: {t: v for t, v in found.items() if is_prunable(t)}
+                for name, found in weights.items()}
+    kept = {t: v for t, v in weights["pruned"].items() if not is_prunable(t)}
+    size = sum(v.size for v in prunable["pruned"].values())
+    zeros = sum(int(np.count_nonzero(v == 0)) for v in prunable["pruned"].values())
+    kept_size = sum(v.size for v in kept.values())
+    kept_zeros = sum(int(np.count_nonzero(v == 0)) for v in kept.values())
+    print(f"prunable kernels: {size} weights, {zeros / size:.4f} exact zeros; kept dense "
+          f"({kept_size} weights, {kept_zeros / max(kept_size, 1):.4f} zeros): "
+          f"{', '.join(sorted(layer_name(t) for t in kept))}")
+    # Per layer: each tensor has its own per-channel scales, so its own value statistics.
+    bits = {name: sum(entropy_bits(v) for v in found.values())
+            for name, found in prunable.items()}
+    counts = {name: sum(v.size for v in found.values()) for name, found in prunable.items()}
+    print(f"order-0 entropy of the prunable int8 weights: pruned "
+          f"{bits['pruned'] / counts['pruned']:.2f} bits/weight, dense "
+          f"{bits['dense'] / counts['dense']:.2f} bits/weight (ideal-coder ratio "
+          f"{bits['pruned'] / bits['dense']:.3f})")
     data = {name: open(path, "rb").read() for name, path in
             (("pruned", FLAGS.pruned), ("dense", FLAGS.dense))}
     packed = {name: gzip_size(d) for name, d in data.items()}

@@ -31,6 +31,7 @@ __all__ = [
     "set_io_names",
     "validate_int8",
     "weight_sparsity",
+    "weight_tensors",
     "write_atomically",
 ]
 
@@ -172,15 +173,11 @@ def _tensor_summary(tensor) -> dict:
     }
 
 
-def weight_sparsity(tflite_model) -> dict:
-    """Exact zeros in the weights of conv / depthwise / transposed conv / fully-connected ops.
-
-    Returns {"layers": {weight tensor name: fraction of zeros}, "sizes": {name: weights},
-    "total": fraction over all}.
-    Quantized weights are symmetric (zero point 0), so a pruned float zero stays an int8 zero.
-    """
+def weight_tensors(tflite_model) -> dict[str, np.ndarray]:
+    """{weight tensor name: its constant values, flat} of the conv / depthwise / transposed conv
+    / fully-connected ops (int8, float32 or float16 weights)."""
     model = _model_object(_read_bytes(tflite_model))
-    layers, sizes, zeros, total = {}, {}, 0, 0
+    weights = {}
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             index = _WEIGHT_INPUT.get(_op_name(model, op))
@@ -192,14 +189,25 @@ def weight_sparsity(tflite_model) -> dict:
             dtype = {"INT8": np.int8, "FLOAT32": np.float32, "FLOAT16": np.float16}.get(
                 _TYPE_NAMES.get(tensor.type)
             )
-            if dtype is None:
-                continue
-            values = np.frombuffer(model.buffers[tensor.buffer].data.tobytes(), dtype=dtype)
-            layers[_text(tensor.name)] = float(np.mean(values == 0))
-            sizes[_text(tensor.name)] = int(values.size)
-            zeros += int(np.count_nonzero(values == 0))
-            total += values.size
-    return {"layers": layers, "sizes": sizes, "total": zeros / total if total else 0.0}
+            if dtype is not None:
+                weights[_text(tensor.name)] = np.frombuffer(
+                    model.buffers[tensor.buffer].data.tobytes(), dtype=dtype)
+    return weights
+
+
+def weight_sparsity(tflite_model) -> dict:
+    """Exact zeros in the weights of conv / depthwise / transposed conv / fully-connected ops.
+
+    Returns {"layers": {weight tensor name: fraction of zeros}, "sizes": {name: weights},
+    "total": fraction over all}.
+    Quantized weights are symmetric (zero point 0), so a pruned float zero stays an int8 zero.
+    """
+    weights = weight_tensors(tflite_model)
+    zeros = sum(int(np.count_nonzero(values == 0)) for values in weights.values())
+    total = sum(values.size for values in weights.values())
+    return {"layers": {name: float(np.mean(values == 0)) for name, values in weights.items()},
+            "sizes": {name: int(values.size) for name, values in weights.items()},
+            "total": zeros / total if total else 0.0}
 
 
 def kernel_sparsity(tflite_model) -> float:
