@@ -19,10 +19,11 @@ import numpy as np
 from tfqat.data import crop as crop_lib
 from tfqat.data.letterbox import letterbox_image
 from tfqat.export.metadata import read_metadata
+from tfqat.export.tflite_runner import TFLiteRunner
 from tfqat.postprocess import detection as detection_post
 from tfqat.postprocess import pose as pose_post
 
-__all__ = ["DetectionPredictor", "PosePredictor", "TFLiteBackend", "load"]
+__all__ = ["DetectionPredictor", "PosePredictor", "load"]
 
 
 def load(path: str, num_threads: int = 2):
@@ -43,7 +44,7 @@ def _backend(path: str, metadata: dict, num_threads: int):
     extension = os.path.splitext(path)[1].lower()
     names = list(metadata["output_names"])
     if extension == ".tflite":
-        return TFLiteBackend(path, names, num_threads)
+        return TFLiteRunner(path, num_threads=num_threads, output_order=names)
     if extension in (".onnx", ".xml"):
         from tfqat.export import intel_runtime
 
@@ -63,94 +64,6 @@ def _integer_output_quantization(metadata: dict) -> dict:
     """
     return {o["name"]: (o["scale"], o["zero_point"]) for o in metadata.get("outputs", [])
             if o["dtype"] in ("int8", "uint8")}
-
-
-# === TFLite ===
-
-
-def _interpreter_module():
-    """LiteRT's interpreter module, else tflite-runtime's (what older device images install)."""
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError:
-        try:
-            from tflite_runtime import interpreter
-        except ImportError as e:
-            raise ImportError(
-                "running a .tflite needs ai-edge-litert (pip install ai-edge-litert) or "
-                "tflite-runtime"
-            ) from e
-    return interpreter
-
-
-def _normalised(tensor_name: str) -> str:
-    name = tensor_name.split(":")[0]
-    return name.removeprefix("quant_")
-
-
-class TFLiteBackend:
-    """A .tflite on one image at a time; the same interface as `TFLiteRunner` of the export.
-
-    `backend(images)` takes float32 [B, H, W, 3] pixels 0..255, quantizes them with the file's
-    input scale and zero point, and returns the dequantized float32 outputs in `output_names`
-    order (default: the file's order); `backend.raw(images)` returns them as stored (int8 for
-    an int8 file). `runtime_name` is "ai_edge_litert" or "tflite_runtime".
-
-    By default the runtime's own delegate runs what it takes (LiteRT: XNNPACK, int8 included).
-    `reference_kernels` selects TFLite's reference kernels and no delegate: slow, but the same
-    integer arithmetic in every runtime version, to tell a file's meaning from kernel rounding.
-    """
-
-    def __init__(self, path: str, output_names=None, num_threads: int = 2,
-                 reference_kernels: bool = False):
-        module = _interpreter_module()
-        self.runtime_name = module.__name__.split(".")[0]
-        options = {}
-        if reference_kernels:
-            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
-        self.interpreter = module.Interpreter(model_path=path, num_threads=num_threads, **options)
-        self.interpreter.allocate_tensors()
-        (self.input_detail,) = self.interpreter.get_input_details()
-        by_name = {_normalised(d["name"]): d for d in self.interpreter.get_output_details()}
-        if output_names is None:
-            output_names = list(by_name)
-        missing = [name for name in output_names if name not in by_name]
-        if missing:
-            raise ValueError(
-                f"{path}: outputs {missing} of the metadata are not among the file's outputs "
-                f"{sorted(by_name)}"
-            )
-        self.output_details = [by_name[name] for name in output_names]
-        self.output_names = list(output_names)
-
-    def raw(self, images) -> list[np.ndarray]:
-        images = np.asarray(images, np.float32)
-        outputs = [[] for _ in self.output_details]
-        for image in images.reshape(-1, *images.shape[-3:]):
-            self.interpreter.set_tensor(self.input_detail["index"], self._quantized(image[None]))
-            self.interpreter.invoke()
-            for collected, detail in zip(outputs, self.output_details):
-                collected.append(self.interpreter.get_tensor(detail["index"]))
-        return [np.concatenate(values) for values in outputs]
-
-    def __call__(self, images) -> list[np.ndarray]:
-        raw = self.raw(images)
-        return [_dequantized(values, detail) for values, detail in zip(raw, self.output_details)]
-
-    def _quantized(self, pixels):
-        dtype = self.input_detail["dtype"]
-        scale, zero_point = self.input_detail["quantization"]
-        if not np.issubdtype(dtype, np.integer) or scale == 0:
-            return pixels.astype(dtype)
-        limits = np.iinfo(dtype)
-        return np.clip(np.round(pixels / scale) + zero_point, limits.min, limits.max).astype(dtype)
-
-
-def _dequantized(values, detail):
-    scale, zero_point = detail["quantization"]
-    if not np.issubdtype(values.dtype, np.integer) or scale == 0:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
 
 
 # === Predictors ===

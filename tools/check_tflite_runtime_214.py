@@ -94,9 +94,9 @@ def raw_outputs(model_path: str, image_paths, reference_kernels=False) -> tuple[
     """(runtime name, {output name: raw outputs [N, ...]}) on the letterboxed images."""
     from tfqat.data.coco import decode_image
     from tfqat.data.letterbox import letterbox_image
-    from tfqat.runtime import TFLiteBackend
+    from tfqat.export.tflite_runner import TFLiteRunner
 
-    backend = TFLiteBackend(model_path, reference_kernels=reference_kernels)
+    backend = TFLiteRunner(model_path, reference_kernels=reference_kernels)
     _, height, width, _ = backend.input_detail["shape"]
     images = [letterbox_image(decode_image(p), height, width)[0] for p in image_paths]
     return backend.runtime_name, dict(zip(backend.output_names, backend.raw(np.stack(images))))

@@ -1,5 +1,6 @@
 """Exporters and validators of trained models.
 
-`tfqat.export.tflite` is the .tflite API. Its parts: `tflite_runtime` (numpy + LiteRT only:
-inspect, validate, run) and `tflite_convert` (TensorFlow: Keras model -> .tflite bytes).
+`tfqat.export.tflite` is the .tflite API. Its parts: `tflite_runner` (numpy + any TFLite
+interpreter: run), `tflite_runtime` (numpy + LiteRT: inspect, validate) and `tflite_convert`
+(TensorFlow: Keras model -> .tflite bytes).
 """

@@ -3,7 +3,7 @@
 Nothing here imports TensorFlow, nor LiteRT: an Intel machine may have neither. onnxruntime and
 openvino are imported when a runner is built, so this module imports with numpy alone.
 
-Both runners have the interface of `tfqat.export.tflite_runtime.TFLiteRunner`:
+Both runners have the interface of `tfqat.export.tflite_runner.TFLiteRunner`:
 `runner(images)` takes float32 [N, H, W, 3] pixels 0..255 and returns the model's outputs as
 float32 arrays [N, ...], in `runner.output_names` order (for files from `tfqat.export.intel`:
 the Keras model's order, e.g. box_p3, cls_p3, box_p4, ... or heatmaps), so they are

@@ -19,6 +19,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from tfqat.export.tflite_runner import TFLiteRunner, interpreter_output_names, normalise_name
 from tfqat.fileio import atomic_write
 
 __all__ = [
@@ -43,7 +44,6 @@ _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.star
 _FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16", "COMPLEX64", "COMPLEX128"}
 # Weight input index of the ops whose weights count in `weight_sparsity`.
 _WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
-_TFMOT_PREFIX = "quant_"
 
 
 class ExportValidationError(ValueError):
@@ -215,11 +215,6 @@ def kernel_sparsity(tflite_model) -> float:
     return weight_sparsity(tflite_model)["total"]
 
 
-def _normalise_name(name: str) -> str:
-    name = name.split(":")[0]
-    return name[len(_TFMOT_PREFIX):] if name.startswith(_TFMOT_PREFIX) else name
-
-
 def output_names(model) -> list[str]:
     """The name of each output, in the order of `Interpreter.get_output_details()`.
 
@@ -231,13 +226,7 @@ def output_names(model) -> list[str]:
     outputs in its own order; other converters may sort them alphabetically.
     """
     if isinstance(model, Interpreter):
-        by_index = {}
-        signatures = model.get_signature_list()
-        if signatures:
-            runner = model.get_signature_runner(next(iter(signatures)))
-            by_index = {d["index"]: name for name, d in runner.get_output_details().items()}
-        details = model.get_output_details()
-        return [_normalise_name(by_index.get(d["index"], d["name"])) for d in details]
+        return interpreter_output_names(model)
     # The interpreter lists the outputs in the order of the (first) subgraph's outputs.
     flat = _model_object(_read_bytes(model))
     subgraph = flat.subgraphs[0]
@@ -247,101 +236,8 @@ def output_names(model) -> list[str]:
             by_index = {m.tensorIndex: _text(m.name) for m in signature.outputs or []}
             break
     return [
-        _normalise_name(by_index.get(i, _text(subgraph.tensors[i].name))) for i in subgraph.outputs
+        normalise_name(by_index.get(i, _text(subgraph.tensors[i].name))) for i in subgraph.outputs
     ]
-
-
-def _interpreter(model, num_threads) -> Interpreter:
-    """An Interpreter with LiteRT's default delegate (XNNPACK), tensors allocated."""
-    if isinstance(model, (str, os.PathLike)):
-        interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
-    else:
-        interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-# === Running ===
-
-def _quantize(values, detail):
-    scale, zero_point = detail["quantization"]
-    if detail["dtype"] == np.float32 or scale == 0:
-        return values.astype(detail["dtype"])
-    info = np.iinfo(detail["dtype"])
-    quantized = np.clip(np.round(values / scale) + zero_point, info.min, info.max)
-    return quantized.astype(detail["dtype"])
-
-
-def _dequantize(values, detail):
-    scale, zero_point = detail["quantization"]
-    if values.dtype == np.float32 or scale == 0:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-class TFLiteRunner:
-    """Runs a .tflite file on float32 pixel batches: a `predict_fn` for tfqat.evaluation.
-
-    `runner(images)` takes float32 [B, H, W, 3] pixels 0..255, quantizes them with the file's
-    own input scale and zero point (for an int8 file), runs image by image (or the whole batch
-    if the file's batch dimension is dynamic), and returns the dequantized float32 outputs
-    [B, ...] in `output_order` (names, e.g. yolo_spec.OUTPUT_NAMES) or, by default, in the
-    file's order (for files from `convert_int8`: the Keras model's order).
-    `runner.raw(images)` returns the outputs as stored in the file (int8 for an int8 file).
-    """
-
-    def __init__(self, model, num_threads: int = 2, output_order=None):
-        self.interpreter = _interpreter(model, num_threads)
-        (self.input_detail,) = self.interpreter.get_input_details()
-        details = self.interpreter.get_output_details()
-        names = output_names(self.interpreter)
-        if output_order is not None:
-            missing = [n for n in output_order if n not in names]
-            if missing or len(output_order) != len(names):
-                raise ValueError(
-                    f"file outputs {names} do not match output_order {list(output_order)}"
-                )
-            details = [details[names.index(n)] for n in output_order]
-            names = list(output_order)
-        self.output_details = details
-        self.output_names = names
-        self._dynamic_batch = self.input_detail["shape_signature"][0] == -1
-        self._batch = int(self.input_detail["shape"][0])
-
-    @property
-    def input_quantization(self) -> tuple[float, int]:
-        return tuple(self.input_detail["quantization"])
-
-    def raw(self, images) -> list[np.ndarray]:
-        images = np.asarray(images, np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        chunk = len(images) if self._dynamic_batch else self._batch
-        if self._dynamic_batch and self._batch != chunk:
-            self.interpreter.resize_tensor_input(
-                self.input_detail["index"], [chunk, *images.shape[1:]]
-            )
-            self.interpreter.allocate_tensors()
-            self._batch = chunk
-            self.output_details = [
-                self._detail_by_index(d["index"]) for d in self.output_details
-            ]
-        outputs = [[] for _ in self.output_details]
-        for start in range(0, len(images), chunk):
-            batch = images[start : start + chunk]
-            self.interpreter.set_tensor(
-                self.input_detail["index"], _quantize(batch, self.input_detail)
-            )
-            self.interpreter.invoke()
-            for collected, detail in zip(outputs, self.output_details):
-                collected.append(self.interpreter.get_tensor(detail["index"]))
-        return [np.concatenate(o) for o in outputs]
-
-    def __call__(self, images) -> list[np.ndarray]:
-        return [_dequantize(v, d) for v, d in zip(self.raw(images), self.output_details)]
-
-    def _detail_by_index(self, index):
-        return next(d for d in self.interpreter.get_output_details() if d["index"] == index)
 
 
 # === Validation ===
