@@ -8,8 +8,7 @@ from tfqat import evaluation
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
 from tfqat.models.yolo_spec import OUTPUT_NAMES
-from tfqat.tasks.common import keras_predict_fn
-from tfqat.tf_compat import tf
+from tfqat.tasks.common import keras_predict_fn, write_validation
 
 
 @dataclasses.dataclass
@@ -82,12 +81,8 @@ class DetectionTask:
     def validate(self, model, step: int, writer) -> dict:
         results = self.predict(keras_predict_fn(model))
         metrics = self.metrics(results)
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(f"metrics/{k}", v)
-            tf.summary.image("val_predictions", self._summary_images(results), step=step,
-                             max_outputs=self.config.summary_images)
-        writer.flush()
+        write_validation(writer, step, metrics, self._summary_images(results),
+                         self.config.summary_images)
         return metrics
 
     def _summary_images(self, results):

@@ -14,7 +14,7 @@ from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
 from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
 from tfqat.postprocess import pose as post
-from tfqat.tasks.common import keras_predict_fn
+from tfqat.tasks.common import keras_predict_fn, write_validation
 from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.tf_compat import tf
 
@@ -133,12 +133,8 @@ class PoseTask:
     def validate(self, model, step: int, writer) -> dict:
         predict_fn = keras_predict_fn(model)
         metrics = self.metrics(self.predict(predict_fn))
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(f"metrics/{k}", v)
-            tf.summary.image("val_predictions", self._summary_images(predict_fn), step=step,
-                             max_outputs=self.config.summary_images)
-        writer.flush()
+        write_validation(writer, step, metrics, self._summary_images(predict_fn),
+                         self.config.summary_images)
         return metrics
 
     def _summary_images(self, predict_fn):
