@@ -135,6 +135,37 @@ def test_parity_in_int8_steps():
                                 "b": {"max": 0.0, "p99": 0.0, "mean": 0.0}}}
 
 
+def worst_pair_sums(weights, maxima):
+    """Per output channel: the largest same-sign sum of two consecutive input channels'
+    products (u8 input at `maxima` x int8 weight), what vpmaddubsw adds into an int16."""
+    products = maxima.reshape(1, -1, 1, 1) * weights.astype(np.int64)
+    if products.shape[1] % 2:
+        products = np.concatenate([products, np.zeros_like(products[:, :1])], axis=1)
+    positive, negative = np.maximum(products, 0), np.minimum(products, 0)
+    pairs = np.maximum(positive[:, 0::2] + positive[:, 1::2],
+                       -(negative[:, 0::2] + negative[:, 1::2]))
+    return pairs.reshape(len(weights), -1).max(1)
+
+
+@pytest.mark.parametrize("in_channels", [6, 5])
+def test_saturation_safe_weights_keep_pair_sums_in_int16(in_channels):
+    weights = np.random.default_rng(1).integers(-127, 128, (8, in_channels, 3, 3)).astype(np.int8)
+    weights[0] //= 4  # a channel that cannot overflow stays as it is
+    maxima = np.full(in_channels, 255.0)
+    assert worst_pair_sums(weights, maxima)[1:].min() > 32767
+
+    fitted, factors = intel._fit_pairs_to_int16(weights, maxima)
+    assert fitted.dtype == np.int8 and fitted.shape == weights.shape
+    assert worst_pair_sums(fitted, maxima).max() <= 32767
+    assert factors[0] == 1 and np.array_equal(fitted[0], weights[0])
+    assert np.all((factors[1:] > 1) & (factors[1:] < 2))  # finer than 7-bit weights (2x)
+    # each rescaled channel still means the same weights, to within half its new step
+    factors = factors[:, None, None, None]
+    assert np.all(np.abs(fitted * factors - weights) <= factors / 2 + 1e-9)
+    # inputs that never get that large need nothing
+    assert intel._fit_pairs_to_int16(weights, np.full(in_channels, 100.0)) == (None, None)
+
+
 def test_intel_runtime_imports_no_tensorflow(tmp_path, pixels):
     path = str(tmp_path / "m.onnx")
     qdq_conv_onnx(path)
