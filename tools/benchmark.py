@@ -7,9 +7,9 @@ Times, with the same number of threads, single-image inference of: the float32 a
 Intel peer (NNCF post-training INT8 of export/openvino/model_float.xml, made here from the
 run's calibration images: train images letterboxed as the recipe does), and the float IR at
 INFERENCE_PRECISION_HINT=f32 and at the plugin's default (bf16 on CPUs with AMX/AVX512-BF16,
-f32 elsewhere). Backends take turns call by call for `--rounds` rounds; a backend's latency is
-its median call, so load from other processes hits all of them alike. Missing Intel files are
-exported first (tfqat.export.intel.export_intel).
+f32 elsewhere). Backends take turns call by call for `--rounds` rounds, in a new random order
+every round; a backend's latency is its median call, so load from other processes hits all of
+them alike. Missing Intel files are exported first (tfqat.export.intel.export_intel).
 
 Prints a table and the ratios ours/NNCF and ours/f32; writes DIR/benchmark.json.
 """
@@ -33,20 +33,25 @@ flags.mark_flag_as_required("model_dir")
 OURS, NNCF, F32 = "openvino_int8", "openvino_int8_nncf", "openvino_f32"
 
 
-def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10) -> dict:
+def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10,
+                          seed: int = 0) -> dict:
     """{name: {"median_ms", "p10_ms"}} of zero-argument callables timed call by call in turns.
 
-    Every round calls each backend once (a different one first each round), so a burst of load
-    from another process hits all backends alike; the median over rounds is what counts.
+    Every round calls each backend once, so a burst of load from another process hits all
+    backends alike; the median over rounds is what counts. The order is a new random permutation
+    every round (seeded): a call is slower right after another runtime's (OpenVINO's idle threads
+    asleep, its caches cold), and with a fixed cyclic order each backend would always follow the
+    same one (the OpenVINO IR after onnxruntime: +8%, NNCF's own IR included).
     """
     for call in calls.values():
         for _ in range(warmup):
             call()
     times = {name: [] for name in calls}
     names = list(calls)
-    for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        for position in rng.permutation(len(names)):
+            name = names[position]
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -149,8 +154,8 @@ def main(argv):
         "model_dir": os.path.abspath(FLAGS.model_dir),
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpu": _cpu_name(), "threads": threads},
-        "method": f"{FLAGS.rounds} interleaved rounds of one call per backend, batch 1, "
-                  "median; OpenVINO PERFORMANCE_HINT=LATENCY",
+        "method": f"{FLAGS.rounds} interleaved rounds of one call per backend in a random "
+                  "order, batch 1, median; OpenVINO PERFORMANCE_HINT=LATENCY",
         "calibration_images": int(len(calibration)),
         "default_float_precision": openvino["openvino_float_default"].compiled.get_property(
             "INFERENCE_PRECISION_HINT").get_type_name(),
