@@ -45,30 +45,36 @@ def entropy_bits(values: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
+def count(tensors: dict) -> tuple[int, int]:
+    """(weights, exact zeros) over `tensors`."""
+    return (sum(v.size for v in tensors.values()),
+            sum(int(np.count_nonzero(v == 0)) for v in tensors.values()))
+
+
 def main(argv):
     del argv
-    weights = {name: weight_tensors(path) for name, path in
-               (("pruned", FLAGS.pruned), ("dense", FLAGS.dense))}
+    paths = {"pruned": FLAGS.pruned, "dense": FLAGS.dense}
+    weights = {name: weight_tensors(path) for name, path in paths.items()}
     prunable = {name: {t: v for t, v in found.items() if is_prunable(t)}
                 for name, found in weights.items()}
     kept = {t: v for t, v in weights["pruned"].items() if not is_prunable(t)}
-    size = sum(v.size for v in prunable["pruned"].values())
-    zeros = sum(int(np.count_nonzero(v == 0)) for v in prunable["pruned"].values())
-    kept_size = sum(v.size for v in kept.values())
-    kept_zeros = sum(int(np.count_nonzero(v == 0)) for v in kept.values())
+    size, zeros = count(prunable["pruned"])
+    kept_size, kept_zeros = count(kept)
     print(f"prunable kernels: {size} weights, {zeros / size:.4f} exact zeros; kept dense "
           f"({kept_size} weights, {kept_zeros / max(kept_size, 1):.4f} zeros): "
           f"{', '.join(sorted(layer_name(t) for t in kept))}")
     # Per layer: each tensor has its own per-channel scales, so its own value statistics.
     bits = {name: sum(entropy_bits(v) for v in found.values())
             for name, found in prunable.items()}
-    counts = {name: sum(v.size for v in found.values()) for name, found in prunable.items()}
+    sizes = {name: count(found)[0] for name, found in prunable.items()}
     print(f"order-0 entropy of the prunable int8 weights: pruned "
-          f"{bits['pruned'] / counts['pruned']:.2f} bits/weight, dense "
-          f"{bits['dense'] / counts['dense']:.2f} bits/weight (ideal-coder ratio "
+          f"{bits['pruned'] / sizes['pruned']:.2f} bits/weight, dense "
+          f"{bits['dense'] / sizes['dense']:.2f} bits/weight (ideal-coder ratio "
           f"{bits['pruned'] / bits['dense']:.3f})")
-    data = {name: open(path, "rb").read() for name, path in
-            (("pruned", FLAGS.pruned), ("dense", FLAGS.dense))}
+    data = {}
+    for name, path in paths.items():
+        with open(path, "rb") as f:
+            data[name] = f.read()
     packed = {name: gzip_size(d) for name, d in data.items()}
     print(f"gzip -9: pruned {packed['pruned']} B, dense {packed['dense']} B, ratio "
           f"{packed['pruned'] / packed['dense']:.3f} (raw {len(data['pruned'])} / "

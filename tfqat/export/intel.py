@@ -534,15 +534,11 @@ def _activation_quantization(graph: _Graph, name: str):
 def u8_input_maxima(model, images) -> dict:
     """{Conv name: u8 maxima [C] of its input channels} over `images`, as OpenVINO feeds them.
 
-    OpenVINO runs an int8 activation q as u8 = q + 128 (a uint8 one as it is). The model runs
-    in onnxruntime without graph optimizations (exact Q/DQ math), every Conv input an extra
-    output. `images`: float32 [N, H, W, 3] pixels 0..255, fed as the model's input type says.
+    OpenVINO runs an int8 activation q as u8 = q + 128 (a uint8 one as it is). The Conv inputs
+    come from onnxruntime without graph optimizations (`_intermediate_values`).
+    `images`: float32 [N, H, W, 3] pixels 0..255.
     """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, TensorProto
-
-    from tfqat.export.intel_runtime import quantize_pixels
+    from onnx import TensorProto
 
     graph = _Graph(model.graph)
     inputs = {}
@@ -550,11 +546,35 @@ def u8_input_maxima(model, images) -> dict:
         quantization = _activation_quantization(graph, conv.input[0])
         if quantization is not None:
             inputs[conv.name] = (conv.input[0], *quantization)
+    tensors = list(dict.fromkeys(tensor for tensor, _, _ in inputs.values()))
+    maxima = {}
+    for values in _intermediate_values(model, tensors, TensorProto.FLOAT, images):
+        for tensor, value in values.items():
+            channel_max = value.reshape(value.shape[0], value.shape[1], -1).max(axis=(0, 2))
+            maxima[tensor] = np.maximum(maxima.get(tensor, channel_max), channel_max)
+    result = {}
+    for name, (tensor, scale, zero_point) in inputs.items():
+        lowest = np.iinfo(zero_point.dtype).min
+        u8 = np.round(maxima[tensor] / float(scale)) + int(zero_point) - lowest
+        result[name] = np.clip(u8, 0, 255)
+    return result
+
+
+def _intermediate_values(model, tensors, elem_type, images):
+    """Yields {tensor: value} per image: `model` (an onnx ModelProto, left as it is) run in
+    onnxruntime without graph optimizations (exact Q/DQ semantics), `tensors` (of ONNX type
+    `elem_type`) exposed as extra outputs. `images`: float32 [N, H, W, 3] pixels 0..255, fed as
+    the model's input type says."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from tfqat.export.intel_runtime import quantize_pixels
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    tensors = list(dict.fromkeys(tensor for tensor, _, _ in inputs.values()))
     outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, elem_type, None)
                               for t in tensors if t not in outputs)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -564,17 +584,8 @@ def u8_input_maxima(model, images) -> dict:
                                    providers=["CPUExecutionProvider"])
     (model_input,) = session.get_inputs()
     dtype = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
-    maxima = {}
     for image in quantize_pixels(images, dtype):
-        for tensor, values in zip(tensors, session.run(tensors, {model_input.name: image[None]})):
-            channel_max = values.reshape(values.shape[0], values.shape[1], -1).max(axis=(0, 2))
-            maxima[tensor] = np.maximum(maxima.get(tensor, channel_max), channel_max)
-    result = {}
-    for name, (tensor, scale, zero_point) in inputs.items():
-        lowest = np.iinfo(zero_point.dtype).min
-        u8 = np.round(maxima[tensor] / float(scale)) + int(zero_point) - lowest
-        result[name] = np.clip(u8, 0, 255)
-    return result
+        yield dict(zip(tensors, session.run(tensors, {model_input.name: image[None]})))
 
 
 def rewrite_for_openvino(model, seven_bit_first_layer: bool = True,
@@ -917,31 +928,20 @@ def _tflite_activations(tflite_path, images) -> dict:
 def _onnx_activations(onnx_path, images, names) -> dict:
     """{tensor name: dequantized values} of the ONNX file's int8 tensors named in `names`."""
     import onnx
-    import onnxruntime as ort
-    from onnx import helper, TensorProto
+    from onnx import TensorProto
 
     model = onnx.load(os.fspath(onnx_path))
     graph = _Graph(model.graph)
     wanted = [n for n in names if n in graph.producer
               and graph.producer[n].op_type == "QuantizeLinear"]
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None)
-                              for n in wanted)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    (model_input,) = session.get_inputs()
-    dtype = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
-    from tfqat.export.intel_runtime import quantize_pixels
-
-    outputs = [[] for _ in wanted]
-    for image in quantize_pixels(images, dtype):
-        for collected, values in zip(outputs, session.run(wanted, {model_input.name: image[None]})):
-            collected.append(values)
+    outputs = {n: [] for n in wanted}
+    for values in _intermediate_values(model, wanted, TensorProto.INT8, images):
+        for n, value in values.items():
+            outputs[n].append(value)
     quantization = {n: [_initializer_value(graph, i) for i in graph.producer[n].input[1:3]]
                     for n in wanted}
     return {n: (np.concatenate(o).astype(np.float32) - quantization[n][1]) * quantization[n][0]
-            for n, o in zip(wanted, outputs)}
+            for n, o in outputs.items()}
 
 
 def _initializer_value(graph: _Graph, name: str):
