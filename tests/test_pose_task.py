@@ -130,10 +130,10 @@ def test_validate_writes_metrics_and_skeleton_images(datasets, tmp_path):
     task = _task(datasets)
     model = task.build_model()
     writer = tf.summary.create_file_writer(str(tmp_path))
-    metrics = task.validate(model, step=1, writer=writer)
+    metrics, results = task.validate(model, step=1, writer=writer)
     assert set(metrics) == {"AP", "AP50"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert len(task.predict(keras_predict_fn(model))) == _num_persons(task.val_set)
+    assert len(results) == _num_persons(task.val_set)
     tags = set()
     for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):

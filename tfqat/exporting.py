@@ -147,8 +147,10 @@ def evaluate_exported(task, path, model_dir):
                          weight_sparsity(path), model_dir)
 
 
-def evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir):
-    results = task.predict(predict_fn)
+def evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir,
+                  results=None):
+    if results is None:
+        results = task.predict(predict_fn)
     predictions = os.path.join(model_dir, "predictions", f"{name}.json")
     os.makedirs(os.path.dirname(predictions), exist_ok=True)
     write_results(predictions, results)

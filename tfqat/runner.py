@@ -42,31 +42,34 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
                      epoch_summaries=epoch_summaries)
         records.append({"name": stage_name, "steps": result.steps,
                         "seconds": round(result.seconds, 1)})
-        return result.model
+        return result
 
-    float_model = train("float", model)
-    models = {"keras_float": float_model}
+    float_stage = train("float", model)
+    trained = {"keras_float": float_stage}  # artifact name -> StageResult
     quantize_stage = "pqat" if "pqat" in by_name else "qat" if "qat" in by_name else None
     if quantize_stage:
         from tfqat.optimize import qat
 
         calibration = task.preprocessed_images(calibration_images)
-        base = float_model
+        base = float_stage.model
         if "prune" in by_name:
-            base = train_pruned(train, float_model, pruning, by_name["prune"].total_steps)
+            base = train_pruned(train, base, pruning, by_name["prune"].total_steps)
         scheme = "prune_preserve" if quantize_stage == "pqat" else "default"
         with qat.qat_scope():
             qat_model = qat.quantize(clone_with_weights(base), scheme)
             qat.calibrate(qat_model, base, calibration)
-            models["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
-        reference = float_model
+            trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
+        reference = float_stage
         for name in ("float_reference_prune", "float_reference"):
             if name in by_name:
-                reference = train(name, clone_with_weights(reference))
-        models["keras_float"] = reference
+                reference = train(name, clone_with_weights(reference.model))
+        trained["keras_float"] = reference
+    models = {name: result.model for name, result in trained.items()}
     report = new_report(task, paths, records)
-    for name, trained in models.items():
-        report_lib.upsert_artifact(report, evaluate_keras(task, trained, name, model_dir))
+    for name, result in trained.items():
+        # A stage that validated its final model now hands over those predictions.
+        report_lib.upsert_artifact(report, evaluate_keras(task, result.model, name, model_dir,
+                                                          result.val_results))
     report_path = os.path.join(model_dir, "report.json")
     report_lib.write_report(report_path, report)  # kept if an export fails
     problems = []
@@ -90,7 +93,7 @@ def train_pruned(train, float_model, options, stage_steps):
 
     pruned = prune.prune_for_stage(clone_with_weights(float_model), options, stage_steps)
     prune.start_pruning(pruned)
-    trained = train("prune", pruned, sparsity_summaries)  # the EMA copy, with the trained masks
+    trained = train("prune", pruned, sparsity_summaries).model  # EMA copy, with the trained masks
     prune.apply_masks(trained)
     prune.check_sparsity(trained, options.target_sparsity, options.exclude, options.m_by_n)
     return prune.strip(trained)
@@ -131,8 +134,11 @@ def new_report(task, paths, stages):
             "stages": stages, "artifacts": []}
 
 
-def evaluate_keras(task, model, name, model_dir):
-    """A Keras model's row; a QAT model's precision is "int8-simulated" (fake-quantized float)."""
+def evaluate_keras(task, model, name, model_dir, results=None):
+    """A Keras model's row; a QAT model's precision is "int8-simulated" (fake-quantized float).
+
+    `results`: the model's COCO results on the val set if already predicted, else it is run.
+    """
     from tfqat.tasks.common import keras_predict_fn
 
     weights = [w.numpy() for w in model.weights if w.dtype.is_floating]
@@ -140,7 +146,8 @@ def evaluate_keras(task, model, name, model_dir):
     kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
     precision = "int8-simulated" if name == "keras_qat" else "float32"
     return evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
-                         "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir)
+                         "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir,
+                         results)
 
 
 def load_run(model_dir, val_annotations=None, val_images=None) -> Run:

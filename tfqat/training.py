@@ -81,6 +81,7 @@ class StageResult:
     model: keras.Model  # the EMA weights
     steps: int
     seconds: float  # training wall time, summed over resumed runs
+    val_results: list | None = None  # the last validation's COCO results of `model`, if run now
 
 
 def make_optimizer(config: StageConfig):
@@ -136,7 +137,8 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
     depends on `start_epoch`, so a resumed run does not replay the first epochs' order.
     `epoch_summaries(model, step, writer)`, if given, writes stage-specific TensorBoard data
     after every epoch.
-    Returns the EMA model (what gets evaluated and exported), steps and seconds. Checkpoints go to
+    Returns the EMA model (what gets evaluated and exported), steps, seconds and the COCO results
+    of the last-epoch validation (None if the stage had finished before). Checkpoints go to
     `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
     writes the data files first and then atomically replaces the `checkpoint` index, so an
     interrupted save leaves the previous checkpoint in force.
@@ -166,6 +168,7 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
     if start_epoch == 0:
         _write_graph(train_writer, model, dataset)
     iterator = iter(dataset)
+    val_results = None
     for e in range(start_epoch, config.epochs):
         started = time.perf_counter()
         _run_epoch(step_fn, iterator, config, e, optimizer, train_writer, verbose)
@@ -174,12 +177,13 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
         if epoch_summaries:
             epoch_summaries(model, int(optimizer.iterations), train_writer)
         if (e + 1) % config.eval_every == 0 or e + 1 == config.epochs:
-            metrics = task.validate(ema.model, step=int(optimizer.iterations), writer=val_writer)
+            metrics, val_results = task.validate(ema.model, step=int(optimizer.iterations),
+                                                 writer=val_writer)
             if verbose:
                 print(f"[{config.name}] epoch {e + 1}/{config.epochs} val " +
                       " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         manager.save(checkpoint_number=e + 1)
-    return StageResult(ema.model, int(optimizer.iterations), float(seconds))
+    return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
 
 
 def make_train_step(task, model, optimizer, ema):

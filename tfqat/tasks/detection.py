@@ -78,12 +78,13 @@ class DetectionTask:
     def metrics(self, results) -> dict:
         return evaluation.coco_metrics(self.val_set.annotation_file, results, self.iou_type)
 
-    def validate(self, model, step: int, writer) -> dict:
+    def validate(self, model, step: int, writer) -> tuple[dict, list]:
+        """(metrics, COCO results) of `model` on the val set, also written to `writer`."""
         results = self.predict(keras_predict_fn(model))
         metrics = self.metrics(results)
         write_validation(writer, step, metrics, self._summary_images(results),
                          self.config.summary_images)
-        return metrics
+        return metrics, results
 
     def _summary_images(self, results):
         """Val images with ground truth (white) and predictions above 0.3 (class colours)."""

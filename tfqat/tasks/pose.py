@@ -130,12 +130,14 @@ class PoseTask:
     def metrics(self, results) -> dict:
         return evaluation.coco_metrics(self.val_set.annotation_file, results, self.iou_type)
 
-    def validate(self, model, step: int, writer) -> dict:
+    def validate(self, model, step: int, writer) -> tuple[dict, list]:
+        """(metrics, COCO results) of `model` on the val set, also written to `writer`."""
         predict_fn = keras_predict_fn(model)
-        metrics = self.metrics(self.predict(predict_fn))
+        results = self.predict(predict_fn)
+        metrics = self.metrics(results)
         write_validation(writer, step, metrics, self._summary_images(predict_fn),
                          self.config.summary_images)
-        return metrics
+        return metrics, results
 
     def _summary_images(self, predict_fn):
         """Val crops with the GT skeleton (white) and the predicted one (magenta), 2x enlarged."""
