@@ -53,8 +53,11 @@ def count(tensors: dict) -> tuple[int, int]:
 
 def main(argv):
     del argv
-    paths = {"pruned": FLAGS.pruned, "dense": FLAGS.dense}
-    weights = {name: weight_tensors(path) for name, path in paths.items()}
+    data = {}
+    for name, path in (("pruned", FLAGS.pruned), ("dense", FLAGS.dense)):
+        with open(path, "rb") as f:
+            data[name] = f.read()
+    weights = {name: weight_tensors(content) for name, content in data.items()}
     prunable = {name: {t: v for t, v in found.items() if is_prunable(t)}
                 for name, found in weights.items()}
     kept = {t: v for t, v in weights["pruned"].items() if not is_prunable(t)}
@@ -71,10 +74,6 @@ def main(argv):
           f"{bits['pruned'] / sizes['pruned']:.2f} bits/weight, dense "
           f"{bits['dense'] / sizes['dense']:.2f} bits/weight (ideal-coder ratio "
           f"{bits['pruned'] / bits['dense']:.3f})")
-    data = {}
-    for name, path in paths.items():
-        with open(path, "rb") as f:
-            data[name] = f.read()
     packed = {name: gzip_size(d) for name, d in data.items()}
     print(f"gzip -9: pruned {packed['pruned']} B, dense {packed['dense']} B, ratio "
           f"{packed['pruned'] / packed['dense']:.3f} (raw {len(data['pruned'])} / "

@@ -206,12 +206,8 @@ def _existing_dequantize(graph: _Graph, name: str):
 
 def _same_values(graph: _Graph, names_a, names_b) -> bool:
     """Whether two tuples of initializer names hold equal values (scale, zero point)."""
-    from onnx import numpy_helper
-
-    def values(name):
-        return numpy_helper.to_array(graph.initializers[name])
-
-    return all(np.array_equal(values(a), values(b)) for a, b in zip(names_a, names_b))
+    return all(np.array_equal(_initializer(graph, a), _initializer(graph, b))
+               for a, b in zip(names_a, names_b))
 
 
 def _bypass_dequantizers(graph: _Graph, integer, float_tensor, quantization):
@@ -377,8 +373,7 @@ def seven_bit_first_convolutions(model) -> list[str]:
             if conv.op_type != "Conv" or not _reads_int8_weights(graph, conv.input[1]):
                 continue
             weights_dq = graph.producer[conv.input[1]]
-            weights = numpy_helper.to_array(graph.initializers[weights_dq.input[0]])
-            scale = numpy_helper.to_array(graph.initializers[weights_dq.input[1]])
+            weights, scale = (_initializer(graph, n) for n in weights_dq.input[:2])
             seven_bit = np.clip(np.round(weights.astype(np.float32) / 2), -64, 63)
             names = [graph.unique(f"{weights_dq.input[0]}_7bit"),
                      graph.unique(f"{conv.name}_scale")]
@@ -432,9 +427,8 @@ def saturation_safe_weights(model, input_maxima=None) -> list[str]:
                 or _attribute(conv, "group", 1) != 1
                 or _reads_tensor(graph, conv.input[0], graph_input.name)):
             continue
-        weights = numpy_helper.to_array(graph.initializers[weights_dq.input[0]])
-        scale = numpy_helper.to_array(graph.initializers[weights_dq.input[1]])
-        zero_point = (numpy_helper.to_array(graph.initializers[weights_dq.input[2]])
+        weights, scale = (_initializer(graph, n) for n in weights_dq.input[:2])
+        zero_point = (_initializer(graph, weights_dq.input[2])
                       if len(weights_dq.input) > 2 and weights_dq.input[2] else 0)
         if (weights.dtype != np.int8 or weights.ndim != 4 or np.any(zero_point != 0)
                 or (scale.ndim == 1 and _attribute(weights_dq, "axis", 1) != 0)):
@@ -516,15 +510,13 @@ def _reads_tensor(graph: _Graph, name: str, source: str) -> bool:
 def _activation_quantization(graph: _Graph, name: str):
     """(scale, zero point) arrays of a float tensor on an int8/uint8 grid: a DequantizeLinear
     output, or a float Concat/MaxPool/Resize/layout op of such (their inputs share it)."""
-    from onnx import numpy_helper
-
     node = graph.producer.get(name)
     while node is not None and node.op_type in ("Concat", "MaxPool", "Resize", "Transpose",
                                                 "Reshape"):
         node = graph.producer.get(node.input[0])
     if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
         return None
-    values = [numpy_helper.to_array(graph.initializers[i]) if i in graph.initializers else None
+    values = [_initializer(graph, i) if i in graph.initializers else None
               for i in node.input[1:3]]
     if any(v is None or v.size != 1 for v in values):
         return None
@@ -938,13 +930,15 @@ def _onnx_activations(onnx_path, images, names) -> dict:
     for values in _intermediate_values(model, wanted, TensorProto.INT8, images):
         for n, value in values.items():
             outputs[n].append(value)
-    quantization = {n: [_initializer_value(graph, i) for i in graph.producer[n].input[1:3]]
+    quantization = {n: [_initializer(graph, i).astype(np.float32)
+                        for i in graph.producer[n].input[1:3]]
                     for n in wanted}
     return {n: (np.concatenate(o).astype(np.float32) - quantization[n][1]) * quantization[n][0]
             for n, o in outputs.items()}
 
 
-def _initializer_value(graph: _Graph, name: str):
+def _initializer(graph: _Graph, name: str) -> np.ndarray:
+    """The value of the initializer `name`."""
     from onnx import numpy_helper
 
-    return numpy_helper.to_array(graph.initializers[name]).astype(np.float32)
+    return numpy_helper.to_array(graph.initializers[name])
