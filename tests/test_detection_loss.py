@@ -113,7 +113,7 @@ def test_compact_targets_moves_padding_last():
 
 @pytest.fixture(scope="module")
 def femto():
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)  # tf.random.set_seed alone leaves Keras' initializers unseeded
     return build_yolo(3, "femto", INPUT)
 
 
@@ -177,5 +177,5 @@ def test_training_steps_lower_the_loss(femto):
     totals = [float(step(images, targets)) for _ in range(30)]
     assert np.isfinite(totals).all()
     # Task-aligned targets move with the predictions, so the loss is not monotonic; it falls
-    # clearly over 30 steps on a fixed batch (seed 0: 7.9 -> ~2.5).
-    assert np.mean(totals[-5:]) < 0.7 * totals[0], totals
+    # clearly over 30 steps on a fixed batch (seed 0, first / last 5 steps: 6.2 -> 2.8).
+    assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5]), totals
