@@ -16,13 +16,21 @@ from tfqat.data.coco import DatasetError, decode_image, load_coco
 
 REPO = Path(__file__).resolve().parents[1]
 ANN_FILE = "instances_val.json"
-CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
+CATEGORIES = [
+    {"id": 90, "name": "toothbrush"},
+    {"id": 1, "name": "person"},
+    {"id": 3, "name": "car"},
+]
 KEYPOINT_NAMES = ["nose", "left_eye", "right_eye"]
 POSE_CATEGORIES = [
     {"id": 1, "name": "person", "keypoints": KEYPOINT_NAMES, "skeleton": [[1, 2], [1, 3]]}
 ]
 COLORS = {
-    "RGB": (200, 30, 40), "L": 128, "RGBA": (200, 30, 40, 128), "LA": (128, 200), "P": 7,
+    "RGB": (200, 30, 40),
+    "L": 128,
+    "RGBA": (200, 30, 40, 128),
+    "LA": (128, 200),
+    "P": 7,
     "CMYK": (0, 200, 100, 0),
 }
 
@@ -57,8 +65,15 @@ def image_record(image_dir, image_id, file_name, size=(32, 24), declared=None, *
 
 
 def ann(ann_id, image_id, category_id=1, bbox=(2, 3, 10, 8), **extra):
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": list(bbox),
-            "iscrowd": 0, "area": 80.0, **extra}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": list(bbox),
+        "iscrowd": 0,
+        "area": 80.0,
+        **extra,
+    }
 
 
 def write_json(tmp_path, data, name=ANN_FILE):
@@ -93,8 +108,18 @@ def kps(*triples):
 
 @pytest.mark.parametrize(
     "file_name, mode",
-    [("a.jpg", "RGB"), ("a.png", "RGB"), ("a.png", "L"), ("a.png", "RGBA"), ("a.png", "LA"),
-     ("a.png", "P"), ("a.jpg", "L"), ("a.jpg", "CMYK"), ("sub/dir/a.JPG", "RGB"), ("b.PNG", "P")],
+    [
+        ("a.jpg", "RGB"),
+        ("a.png", "RGB"),
+        ("a.png", "L"),
+        ("a.png", "RGBA"),
+        ("a.png", "LA"),
+        ("a.png", "P"),
+        ("a.jpg", "L"),
+        ("a.jpg", "CMYK"),
+        ("sub/dir/a.JPG", "RGB"),
+        ("b.PNG", "P"),
+    ],
 )
 def test_decode_image_gives_rgb_uint8(tmp_path, file_name, mode):
     path = save_image(tmp_path / file_name, (32, 24), mode)
@@ -105,9 +130,17 @@ def test_decode_image_gives_rgb_uint8(tmp_path, file_name, mode):
 
 def test_loads_every_image_mode_and_subfolders(tmp_path):
     images_dir = tmp_path / "images"
-    variants = [("gray.png", "L"), ("rgba.png", "RGBA"), ("la.png", "LA"), ("palette.png", "P"),
-                ("cmyk.jpg", "CMYK"), ("sub/dir/a.JPG", "RGB")]
-    images = [image_record(images_dir, i, name, mode=mode) for i, (name, mode) in enumerate(variants, 1)]
+    variants = [
+        ("gray.png", "L"),
+        ("rgba.png", "RGBA"),
+        ("la.png", "LA"),
+        ("palette.png", "P"),
+        ("cmyk.jpg", "CMYK"),
+        ("sub/dir/a.JPG", "RGB"),
+    ]
+    images = [
+        image_record(images_dir, i, name, mode=mode) for i, (name, mode) in enumerate(variants, 1)
+    ]
     dataset = load(tmp_path, write_dataset(tmp_path, images, [ann(1, 6)]))
     sample = dataset.samples[-1]
     assert sample.file_name == "sub/dir/a.JPG"
@@ -135,7 +168,9 @@ def test_crowd_annotations_are_skipped_and_images_without_targets_kept(tmp_path)
     images = [image_record(images_dir, i, f"{i}.jpg") for i in (1, 2, 3)]
     polygon = ann(10, 1, iscrowd=1, segmentation=[[2, 3, 12, 3, 12, 11]])
     rle_string = ann(11, 1, iscrowd=1, segmentation={"size": [24, 32], "counts": "PPYo05N2M3"})
-    rle_list = ann(12, 2, iscrowd=1, segmentation={"size": [24, 32], "counts": [60, 10, 14, 10, 674]})
+    rle_list = ann(
+        12, 2, iscrowd=1, segmentation={"size": [24, 32], "counts": [60, 10, 14, 10, 674]}
+    )
     anns = [polygon, rle_string, ann(13, 1), rle_list]
     dataset = load(tmp_path, write_dataset(tmp_path, images, anns))
     first, only_crowd, unannotated = dataset.samples
@@ -151,8 +186,10 @@ def test_crowd_annotations_are_skipped_and_images_without_targets_kept(tmp_path)
 
 def test_detection_treats_keypoint_annotations_as_boxes(tmp_path):
     images = [image_record(tmp_path / "images", 1, "a.jpg")]
-    anns = [ann(1, 1, keypoints=kps((3, 4, 2), (5, 6, 1), (0, 0, 0)), num_keypoints=2),
-            ann(2, 1, keypoints=kps((0, 0, 0), (0, 0, 0), (0, 0, 0)), num_keypoints=0)]
+    anns = [
+        ann(1, 1, keypoints=kps((3, 4, 2), (5, 6, 1), (0, 0, 0)), num_keypoints=2),
+        ann(2, 1, keypoints=kps((0, 0, 0), (0, 0, 0), (0, 0, 0)), num_keypoints=0),
+    ]
     dataset = load(tmp_path, write_dataset(tmp_path, images, anns, categories=POSE_CATEGORIES))
     sample = dataset.samples[0]
     assert sample.ann_ids.tolist() == [1, 2]
@@ -162,10 +199,17 @@ def test_detection_treats_keypoint_annotations_as_boxes(tmp_path):
 
 def test_pose_reads_keypoints_and_keeps_annotations_without_any(tmp_path):
     images = [image_record(tmp_path / "images", 1, "a.jpg")]
-    anns = [ann(1, 1, keypoints=kps((3, 4, 2), (5.5, 6, 1), (0, 0, 0)), num_keypoints=2),
-            ann(2, 1, keypoints=kps((0, 0, 0), (0, 0, 0), (0, 0, 0)), num_keypoints=0)]
-    dataset = load(tmp_path, write_dataset(tmp_path, images, anns, categories=POSE_CATEGORIES,
-                                           name="person_keypoints_val.json"), task="pose")
+    anns = [
+        ann(1, 1, keypoints=kps((3, 4, 2), (5.5, 6, 1), (0, 0, 0)), num_keypoints=2),
+        ann(2, 1, keypoints=kps((0, 0, 0), (0, 0, 0), (0, 0, 0)), num_keypoints=0),
+    ]
+    dataset = load(
+        tmp_path,
+        write_dataset(
+            tmp_path, images, anns, categories=POSE_CATEGORIES, name="person_keypoints_val.json"
+        ),
+        task="pose",
+    )
     assert dataset.keypoint_names == KEYPOINT_NAMES and dataset.skeleton == [[1, 2], [1, 3]]
     sample = dataset.samples[0]
     assert sample.keypoints.dtype == np.float32 and sample.keypoints.shape == (2, 3, 3)
@@ -175,15 +219,27 @@ def test_pose_reads_keypoints_and_keeps_annotations_without_any(tmp_path):
 
 def test_boxes_are_clipped_and_tiny_boxes_kept(tmp_path):
     images = [image_record(tmp_path / "images", 1, "a.jpg", size=(32, 24))]
-    anns = [ann(1, 1, bbox=(-5, -4, 20, 10)), ann(2, 1, bbox=(10, 10, 0.8, 0.8)),
-            ann(3, 1, bbox=(20, 12, 30, 30)), ann(4, 1, bbox=(0, 0, 32, 24))]
+    anns = [
+        ann(1, 1, bbox=(-5, -4, 20, 10)),
+        ann(2, 1, bbox=(10, 10, 0.8, 0.8)),
+        ann(3, 1, bbox=(20, 12, 30, 30)),
+        ann(4, 1, bbox=(0, 0, 32, 24)),
+    ]
     dataset = load(tmp_path, write_dataset(tmp_path, images, anns))
     expected = [[0, 0, 15, 6], [10, 10, 10.8, 10.8], [20, 12, 32, 24], [0, 0, 32, 24]]
     np.testing.assert_allclose(dataset.samples[0].boxes, expected, rtol=1e-6)
     stats = dataset.stats
     assert (stats["clipped_boxes"], stats["tiny_boxes"]) == (2, 1)
     assert list(stats["box_sizes"].values()) == [1, 2, 1, 0, 0, 0, 0]
-    assert list(stats["box_sizes"]) == ["<8", "8-16", "16-32", "32-64", "64-128", "128-256", ">=256"]
+    assert list(stats["box_sizes"]) == [
+        "<8",
+        "8-16",
+        "16-32",
+        "32-64",
+        "64-128",
+        "128-256",
+        ">=256",
+    ]
 
 
 # ---------------------------------------------------------------- EXIF orientation
@@ -211,15 +267,20 @@ def test_exif_transpose_applies_orientation(tmp_path, rotated_jpeg):
     assert dataset.exif_transpose is True
 
 
-@pytest.mark.parametrize("exif_transpose, declared, hint", [
-    (False, (20, 40), "load it with exif_transpose=True"),
-    (True, (40, 20), "load it without exif_transpose"),
-])
+@pytest.mark.parametrize(
+    "exif_transpose, declared, hint",
+    [
+        (False, (20, 40), "load it with exif_transpose=True"),
+        (True, (40, 20), "load it without exif_transpose"),
+    ],
+)
 def test_size_mismatch_from_exif_orientation_gives_a_hint(
     tmp_path, rotated_jpeg, exif_transpose, declared, hint
 ):
     record = {"id": 7, "file_name": "rot.jpg", "width": declared[0], "height": declared[1]}
-    error = problems_of(tmp_path, write_dataset(tmp_path, [record], []), exif_transpose=exif_transpose)
+    error = problems_of(
+        tmp_path, write_dataset(tmp_path, [record], []), exif_transpose=exif_transpose
+    )
     (problem,) = error.problems
     assert problem.kind == "size_mismatch" and problem.fatal
     decoded = "x".join(map(str, declared[::-1]))
@@ -256,8 +317,10 @@ def test_top_level_must_be_an_object_with_the_three_lists(tmp_path):
     assert "top level must be a JSON object, got a list" in problem.message
     error = problems_of(tmp_path, write_json(tmp_path, {"images": [], "annotations": {}}))
     messages = [p.message for p in error.problems]
-    assert messages == [f"{ANN_FILE}: 'annotations' must be a list, got an object",
-                        f"{ANN_FILE}: missing top-level key 'categories'"]
+    assert messages == [
+        f"{ANN_FILE}: 'annotations' must be a list, got an object",
+        f"{ANN_FILE}: missing top-level key 'categories'",
+    ]
 
 
 def test_every_problem_is_collected_and_listed(tmp_path):
@@ -339,7 +402,10 @@ def test_truncated_image_is_detected_even_if_pil_was_told_to_accept_it(
     record = {"id": 8, "file_name": "truncated.jpg", "width": 64, "height": 64}
     (problem,) = problems_of(tmp_path, write_dataset(tmp_path, [record], [])).problems
     assert problem.kind == "truncated_image"
-    assert "image 8 'truncated.jpg': cannot decode" in problem.message and "truncated" in problem.message
+    assert (
+        "image 8 'truncated.jpg': cannot decode" in problem.message
+        and "truncated" in problem.message
+    )
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -373,7 +439,9 @@ def test_pose_keypoint_problems(tmp_path):
     messages = [p.message for p in error.problems]
     kinds = ["bad_keypoints", "bad_keypoints", "bad_keypoints", "missing_key"]
     assert [p.kind for p in error.problems] == kinds
-    expected = "annotation 1 (image 1 'a.jpg'): keypoints has 3 values, expected 9 (3 x 3 keypoints)"
+    expected = (
+        "annotation 1 (image 1 'a.jpg'): keypoints has 3 values, expected 9 (3 x 3 keypoints)"
+    )
     assert expected in messages[0]
     assert "keypoint 1 ('left_eye')" in messages[1] and "not finite" in messages[1]
     assert "keypoint 2 ('right_eye'): visibility 3.0" in messages[2]
@@ -408,11 +476,16 @@ def test_warn_keeps_file_level_problems_fatal(tmp_path):
     assert [p.kind for p in error.problems] == ["duplicate_id", "missing_file"]
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"task": "segmentation"}, "task must be one of detection, pose; got 'segmentation'"),
-    ({"task": "detection", "annotation_problems": "ignore"},
-     "annotation_problems must be one of error, warn; got 'ignore'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"task": "segmentation"}, "task must be one of detection, pose; got 'segmentation'"),
+        (
+            {"task": "detection", "annotation_problems": "ignore"},
+            "annotation_problems must be one of error, warn; got 'ignore'",
+        ),
+    ],
+)
 def test_invalid_arguments(tmp_path, kwargs, expected):
     with pytest.raises(ValueError, match=expected):
         load_coco(tmp_path / "x.json", tmp_path, **kwargs)
@@ -498,11 +571,19 @@ def run_tool(*flags):
 def test_inspect_dataset_prints_a_summary_of_a_valid_dataset(tmp_path):
     images_dir = tmp_path / "images"
     images = [image_record(images_dir, 1, "a.jpg"), image_record(images_dir, 2, "b.jpg")]
-    anns = [ann(1, 1), ann(2, 1, category_id=3, bbox=(0, 0, 30, 20)), ann(3, 1, iscrowd=1),
-            ann(4, 1, bbox=(1, 1, 0, 1))]
+    anns = [
+        ann(1, 1),
+        ann(2, 1, category_id=3, bbox=(0, 0, 30, 20)),
+        ann(3, 1, iscrowd=1),
+        ann(4, 1, bbox=(1, 1, 0, 1)),
+    ]
     path = write_dataset(tmp_path, images, anns)
-    result = run_tool("--task=detection", f"--annotations={path}", f"--images={images_dir}",
-                      "--annotation_problems=warn")
+    result = run_tool(
+        "--task=detection",
+        f"--annotations={path}",
+        f"--images={images_dir}",
+        "--annotation_problems=warn",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "images       2 (1 without targets)" in out
@@ -514,12 +595,18 @@ def test_inspect_dataset_prints_a_summary_of_a_valid_dataset(tmp_path):
 
 def test_inspect_dataset_names_every_problem_and_fails(tmp_path):
     images = [image_record(tmp_path / "images", 3, "sub/a.jpg")]
-    path = write_dataset(tmp_path, images, [ann(17, 3, bbox=(1, 1, 0, 4)), ann(18, 3, category_id=12)])
-    result = run_tool("--task=detection", f"--annotations={path}", f"--images={tmp_path / 'images'}")
+    path = write_dataset(
+        tmp_path, images, [ann(17, 3, bbox=(1, 1, 0, 4)), ann(18, 3, category_id=12)]
+    )
+    result = run_tool(
+        "--task=detection", f"--annotations={path}", f"--images={tmp_path / 'images'}"
+    )
     assert result.returncode == 1
     assert "2 problems in dataset" in result.stderr
     assert f"{ANN_FILE}: annotation 17 (image 3 'sub/a.jpg'): bbox width is 0" in result.stderr
-    assert f"{ANN_FILE}: annotation 18 (image 3 'sub/a.jpg'): unknown category id 12" in result.stderr
+    assert (
+        f"{ANN_FILE}: annotation 18 (image 3 'sub/a.jpg'): unknown category id 12" in result.stderr
+    )
 
 
 def test_inspect_dataset_show_requires_out(tmp_path):

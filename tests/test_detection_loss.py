@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 
-from tfqat.tf_compat import keras, tf
 from tfqat.losses.detection import (
     YoloLoss,
     assign_targets,
@@ -16,6 +15,7 @@ from tfqat.losses.detection import (
 from tfqat.models import yolo_spec
 from tfqat.models.yolo import build_yolo
 from tfqat.postprocess.detection import decode
+from tfqat.tf_compat import keras, tf
 
 INPUT = (64, 64)  # anchors: P3 8x8 (index 0-63), P4 4x4 (64-79), P5 2x2 (80-83)
 

@@ -108,8 +108,11 @@ def test_nms_on_a_dense_image_keeps_the_best_max_detections():
             for j in range(i + 1, len(b)):
                 w = max(0.0, min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]))
                 h = max(0.0, min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]))
-                union = ((b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
-                         + (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1]) - w * h)
+                union = (
+                    (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
+                    + (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1])
+                    - w * h
+                )
                 assert w * h / union <= 0.7
 
 
@@ -162,6 +165,7 @@ def test_postprocess_imports_without_tensorflow():
             "assert not [m for m in heavy if m in sys.modules]",
         ]
     )
+
     def run(source):
         return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True)
 

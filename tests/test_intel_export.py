@@ -14,8 +14,8 @@ from tfqat.export import intel
 from tfqat.export.intel_runtime import OnnxRunner, OpenVINORunner
 from tfqat.export.tflite_runtime import ExportValidationError
 
-
 # === A hand-made QDQ graph: fast, no TensorFlow ===
+
 
 def conv_weights():
     """int8 weights within 7 bits: CPUs without VNNI (this AVX2 host) saturate 8-bit u8 x s8
@@ -48,9 +48,12 @@ def qdq_conv_onnx(path, int8_weights=True):
         helper.make_node("Transpose", ["y_int8"], ["out"], perm=[0, 2, 3, 1]),
     ]
     graph = helper.make_graph(
-        nodes, "qdq_conv",
+        nodes,
+        "qdq_conv",
         [helper.make_tensor_value_info("image", TensorProto.INT8, [1, 8, 8, 3])],
-        [helper.make_tensor_value_info("out", TensorProto.INT8, [1, 8, 8, 4])], inits)
+        [helper.make_tensor_value_info("out", TensorProto.INT8, [1, 8, 8, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, path)
     return model
@@ -64,7 +67,7 @@ def reference_conv(images, weights=None, output_step=0.5):
     out = np.zeros((len(images), 8, 8, 4), np.float64)
     for i in range(3):
         for j in range(3):
-            out += x[:, i:i + 8, j:j + 8, :] @ weights[:, :, i, j].T
+            out += x[:, i : i + 8, j : j + 8, :] @ weights[:, :, i, j].T
     if output_step is None:
         return out
     return np.clip(np.round(out / output_step), -128, 127) * output_step
@@ -129,10 +132,15 @@ def test_parity_in_int8_steps():
         def __call__(self, images):
             return [np.zeros((2, 3)) + self.offset, np.ones((2, 1)) * 4]
 
-    report = intel.parity({"tflite_int8": Fixed(0.0), "other": Fixed(0.2)}, None,
-                          steps={"a": 0.1, "b": 2.0})
-    assert report == {"other": {"a": {"max": 2.0, "p99": 2.0, "mean": 2.0},
-                                "b": {"max": 0.0, "p99": 0.0, "mean": 0.0}}}
+    report = intel.parity(
+        {"tflite_int8": Fixed(0.0), "other": Fixed(0.2)}, None, steps={"a": 0.1, "b": 2.0}
+    )
+    assert report == {
+        "other": {
+            "a": {"max": 2.0, "p99": 2.0, "mean": 2.0},
+            "b": {"max": 0.0, "p99": 0.0, "mean": 0.0},
+        }
+    }
 
 
 def worst_pair_sums(weights, maxima):
@@ -142,8 +150,9 @@ def worst_pair_sums(weights, maxima):
     if products.shape[1] % 2:
         products = np.concatenate([products, np.zeros_like(products[:, :1])], axis=1)
     positive, negative = np.maximum(products, 0), np.minimum(products, 0)
-    pairs = np.maximum(positive[:, 0::2] + positive[:, 1::2],
-                       -(negative[:, 0::2] + negative[:, 1::2]))
+    pairs = np.maximum(
+        positive[:, 0::2] + positive[:, 1::2], -(negative[:, 0::2] + negative[:, 1::2])
+    )
     return pairs.reshape(len(weights), -1).max(1)
 
 
@@ -179,13 +188,15 @@ def test_intel_runtime_imports_no_tensorflow(tmp_path, pixels):
         print(out[0].shape, sorted(m for m in sys.modules if m.startswith("tensorflow")
                                    and sys.modules[m]))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "(2, 8, 8, 4) []"
 
 
 # === The detector's blocks through the whole export (TensorFlow, tf2onnx, OpenVINO) ===
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -198,8 +209,10 @@ def exported(tmp_path_factory):
     init_batchnorm(float_model, images)
     qat_model = quantize_ready(float_model, images)
     export_dir = tmp_path_factory.mktemp("export")
-    for name, data in (("model_int8.tflite", tflite_convert.convert_int8(qat_model, images)),
-                       ("model_float32.tflite", tflite_convert.convert_float32(float_model))):
+    for name, data in (
+        ("model_int8.tflite", tflite_convert.convert_int8(qat_model, images)),
+        ("model_float32.tflite", tflite_convert.convert_float32(float_model)),
+    ):
         with open(export_dir / name, "wb") as f:
             f.write(data)
     return export_dir, images, intel.export_intel(str(export_dir), images)
@@ -208,11 +221,20 @@ def exported(tmp_path_factory):
 @pytest.mark.slow
 def test_export_intel_writes_int8_onnx_and_openvino(exported):
     export_dir, _, summary = exported
-    for name in ("model_int8.onnx", "openvino/model_int8.xml", "openvino/model_int8.bin",
-                 "openvino/model_float.xml", "openvino/model_float.bin"):
+    for name in (
+        "model_int8.onnx",
+        "openvino/model_int8.xml",
+        "openvino/model_int8.bin",
+        "openvino/model_float.xml",
+        "openvino/model_float.bin",
+    ):
         assert (export_dir / name).exists(), name
     assert sorted(os.listdir(export_dir / "openvino")) == [
-        "model_float.bin", "model_float.xml", "model_int8.bin", "model_int8.xml"]
+        "model_float.bin",
+        "model_float.xml",
+        "model_int8.bin",
+        "model_int8.xml",
+    ]
     assert summary["onnx"]["output_names"] == ["box_p3", "cls_p3"]
     assert summary["onnx"]["convs"] == summary["onnx"]["int8_weight_convs"] == 14
     model = onnx.load(str(export_dir / "model_int8.onnx"))
@@ -233,8 +255,11 @@ def test_onnx_and_openvino_match_the_tflite_file(exported):
     _, _, summary = exported
     for backend in ("onnx_int8", "openvino_int8"):
         for output, difference in summary["parity"][backend].items():
-            assert difference["mean"] <= 3 and difference["p99"] <= 16, (backend, output,
-                                                                        difference)
+            assert difference["mean"] <= 3 and difference["p99"] <= 16, (
+                backend,
+                output,
+                difference,
+            )
 
 
 @pytest.mark.slow
@@ -249,8 +274,9 @@ def test_float_ir_runs_in_float(exported):
 @pytest.mark.slow
 def test_layer_report_names_keras_layers(exported):
     export_dir, images, _ = exported
-    report = intel.layer_report(export_dir / "model_int8.tflite", export_dir / "model_int8.onnx",
-                                images[:4])
+    report = intel.layer_report(
+        export_dir / "model_int8.tflite", export_dir / "model_int8.onnx", images[:4]
+    )
     layers = [row["layer"] for row in report["layers"]]
     assert {"stem_act", "c2f_m0_add", "sppf_pool0", "box_cv_act"} <= set(layers)
     assert all(row["mean"] <= row["max"] for row in report["layers"])

@@ -21,7 +21,9 @@ def _write_dataset(root, images, annotations, categories):
     records = []
     for i, (name, array) in enumerate(images, start=1):
         Image.fromarray(array).save(os.path.join(root, "images", name))
-        records.append({"id": i, "file_name": name, "height": array.shape[0], "width": array.shape[1]})
+        records.append(
+            {"id": i, "file_name": name, "height": array.shape[0], "width": array.shape[1]}
+        )
     path = os.path.join(root, "ann.json")
     with open(path, "w") as f:
         json.dump({"images": records, "annotations": annotations, "categories": categories}, f)
@@ -39,8 +41,16 @@ def _rectangles_dataset(tmp_path, n=4):
         bw, bh = int(rng.integers(20, 50)), int(rng.integers(20, 40))
         array[y : y + bh, x : x + bw] = RED
         images.append((f"{i}.png", array))
-        annotations.append({"id": i, "image_id": i, "category_id": 7, "bbox": [x, y, bw, bh],
-                            "area": bw * bh, "iscrowd": 0})
+        annotations.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 7,
+                "bbox": [x, y, bw, bh],
+                "area": bw * bh,
+                "iscrowd": 0,
+            }
+        )
     path, image_dir = _write_dataset(tmp_path, images, annotations, [{"id": 7, "name": "box"}])
     return load_coco(path, image_dir, "detection", cache_dir=str(tmp_path / "cache"))
 
@@ -58,13 +68,16 @@ def test_augmented_boxes_stay_on_their_object(tmp_path, mosaic):
     ds = _rectangles_dataset(tmp_path, n=8)
     data = pipeline.detection_dataset(ds, (64, 64), 8, training=True, seed=3, mosaic=mosaic)
     for images, targets in data.take(3):
-        for image, boxes, classes in zip(images.numpy(), targets["boxes"].numpy(),
-                                         targets["classes"].numpy()):
+        for image, boxes, classes in zip(
+            images.numpy(), targets["boxes"].numpy(), targets["classes"].numpy()
+        ):
             for box in boxes[classes >= 0]:
                 x1, y1, x2, y2 = box
                 assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
                 # The inner part of every box is the red rectangle.
-                inner = image[int(y1) + 1 : int(np.ceil(y2)) - 1, int(x1) + 1 : int(np.ceil(x2)) - 1]
+                inner = image[
+                    int(y1) + 1 : int(np.ceil(y2)) - 1, int(x1) + 1 : int(np.ceil(x2)) - 1
+                ]
                 if inner.size:
                     assert inner[..., 0].mean() > 200 and inner[..., 2].mean() < 60
 
@@ -79,8 +92,9 @@ def test_flip_twice_is_identity(tmp_path):
     twice = flip(flip(inputs))
     np.testing.assert_allclose(twice["images"], images)
     valid = targets["classes"].numpy() >= 0
-    np.testing.assert_allclose(twice["bounding_boxes"]["boxes"].numpy()[valid],
-                               targets["boxes"].numpy()[valid], atol=1e-4)
+    np.testing.assert_allclose(
+        twice["bounding_boxes"]["boxes"].numpy()[valid], targets["boxes"].numpy()[valid], atol=1e-4
+    )
 
 
 def test_detection_pipeline_is_deterministic(tmp_path):
@@ -105,16 +119,31 @@ def _pose_dataset(tmp_path):
     """One figure: left keypoints on red dots, right ones on blue dots, the nose gray-white."""
     h, w = 120, 100
     array = np.full((h, w, 3), GRAY, np.uint8)
-    points = {"nose": (50, 30), "left_eye": (60, 25), "right_eye": (40, 25),
-              "left_wrist": (75, 80), "right_wrist": (25, 80)}
+    points = {
+        "nose": (50, 30),
+        "left_eye": (60, 25),
+        "right_eye": (40, 25),
+        "left_wrist": (75, 80),
+        "right_wrist": (25, 80),
+    }
     keypoints = []
     for name in KEYPOINT_NAMES:
         x, y = points[name]
-        colour = RED if name.startswith("left") else BLUE if name.startswith("right") else (250,) * 3
+        colour = (
+            RED if name.startswith("left") else BLUE if name.startswith("right") else (250,) * 3
+        )
         array[y - 3 : y + 4, x - 3 : x + 4] = colour
         keypoints += [x + 0.5, y + 0.5, 2]
-    annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 15, 60, 75], "area": 4500,
-                  "iscrowd": 0, "keypoints": keypoints, "num_keypoints": 5}
+    annotation = {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [20, 15, 60, 75],
+        "area": 4500,
+        "iscrowd": 0,
+        "keypoints": keypoints,
+        "num_keypoints": 5,
+    }
     category = {"id": 1, "name": "person", "keypoints": KEYPOINT_NAMES, "skeleton": [[4, 2]]}
     path, image_dir = _write_dataset(tmp_path, [("p.png", array)], [annotation], [category])
     return load_coco(path, image_dir, "pose", cache_dir=str(tmp_path / "cache"))
@@ -126,8 +155,9 @@ def test_flip_permutation_swaps_left_and_right():
 
 def test_pose_augmentation_moves_keypoints_with_pixels_and_swaps_sides(tmp_path):
     ds = _pose_dataset(tmp_path)
-    data = pipeline.pose_dataset(ds, (64, 48), 1, training=True, seed=1, flip_prob=0.5,
-                                 rotation_prob=1.0, max_rotation=40.0)
+    data = pipeline.pose_dataset(
+        ds, (64, 48), 1, training=True, seed=1, flip_prob=0.5, rotation_prob=1.0, max_rotation=40.0
+    )
     flipped_seen = unflipped_seen = 0
     for batch in data.take(12):
         image, keypoints = batch["images"].numpy()[0], batch["keypoints"].numpy()[0]

@@ -16,17 +16,27 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pose_recipe")
     model_dir = root / "run"
     env = dict(os.environ, TFQAT_CACHE_DIR=str(root / "cache"))
-    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_pose.flags",
-               f"--model_dir={model_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "tfqat.train",
+        "--flagfile=configs/smoke_pose.flags",
+        f"--model_dir={model_dir}",
+    ]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     return model_dir
 
 
 @pytest.mark.slow
 def test_smoke_pose_recipe_writes_the_run_directory(smoke_run):
-    for path in ["flags.txt", "report.json", "report.md", "export/model_int8.tflite",
-                 "export/model_int8_ptq.tflite", "export/model_float32.tflite"] + [
-                     f"predictions/{name}.json" for name in ARTIFACTS]:
+    for path in [
+        "flags.txt",
+        "report.json",
+        "report.md",
+        "export/model_int8.tflite",
+        "export/model_int8_ptq.tflite",
+        "export/model_float32.tflite",
+    ] + [f"predictions/{name}.json" for name in ARTIFACTS]:
         assert (smoke_run / path).exists(), path
     assert any(f.startswith("events") for f in os.listdir(smoke_run / "train"))
     assert any(f.startswith("events") for f in os.listdir(smoke_run / "validation"))

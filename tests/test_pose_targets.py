@@ -73,14 +73,26 @@ def test_confidence_is_sigmoid_of_the_peak_logit():
     logits[0, 10, 2, 1] = -1.0
     decoded = decode(logits, STRIDE)
     np.testing.assert_allclose(decoded[0, :, 2], 1 / (1 + np.exp([-1.5, 1.0])), rtol=1e-6)
-    np.testing.assert_allclose(decoded[0, 0, :2], [(5 + 0.5) * STRIDE, (4 + 0.5) * STRIDE],
-                               atol=1.0)
+    np.testing.assert_allclose(
+        decoded[0, 0, :2], [(5 + 0.5) * STRIDE, (4 + 0.5) * STRIDE], atol=1.0
+    )
 
 
 def test_unlabeled_and_outside_keypoints_have_no_weight():
     height, width = INPUT
-    keypoints = np.array([[[10, 10, 2], [10, 10, 1], [10, 10, 0], [-1, 10, 2], [10, height, 2],
-                           [width - 0.01, 0, 1]]], np.float32)
+    keypoints = np.array(
+        [
+            [
+                [10, 10, 2],
+                [10, 10, 1],
+                [10, 10, 0],
+                [-1, 10, 2],
+                [10, height, 2],
+                [width - 0.01, 0, 1],
+            ]
+        ],
+        np.float32,
+    )
     heatmaps, weights = encode_heatmaps(keypoints, INPUT, STRIDE, 2.0)
     assert weights.numpy().tolist() == [[1, 1, 0, 0, 0, 1]]
     assert np.all(heatmaps.numpy()[..., 2:5] == 0)
@@ -121,8 +133,9 @@ def test_to_image_and_coco_record():
     matrix = crop_matrix((30, 40, 50, 90), INPUT, angle_deg=20, flip=True)
     crop = np.array([[[10.0, 20.0, 0.9], [30.0, 5.0, 0.1], [0.0, 0.0, 0.5]]], np.float32)
     image = to_image(crop, matrix[None])
-    np.testing.assert_allclose(image[0, :, :2], crop_to_image_points(crop[0, :, :2], matrix),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        image[0, :, :2], crop_to_image_points(crop[0, :, :2], matrix), rtol=1e-5
+    )
     np.testing.assert_allclose(image[..., 2], crop[..., 2])
     np.testing.assert_allclose(to_image(crop[0], matrix), image[0])
     record = to_coco_results(7, image[0], category_id=1, box_score=0.5)

@@ -37,8 +37,14 @@ def datasets(tmp_path_factory):
 
 
 def _task(datasets, **config):
-    config = {"input_size": INPUT, "model_size": "n", "batch_size": 4, "val_batch_size": 4,
-              "summary_images": 2, **config}
+    config = {
+        "input_size": INPUT,
+        "model_size": "n",
+        "batch_size": 4,
+        "val_batch_size": 4,
+        "summary_images": 2,
+        **config,
+    }
     return PoseTask(PoseConfig(**config), *datasets)
 
 
@@ -50,8 +56,11 @@ def test_ground_truth_as_results_scores_ap_one(datasets):
     _, val = datasets
     with open(val.annotation_file) as f:
         annotations = json.load(f)["annotations"]
-    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
-                "score": 1.0} for a in annotations if a["num_keypoints"] > 0]
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in annotations
+        if a["num_keypoints"] > 0
+    ]
     metrics = evaluation.coco_metrics(val.annotation_file, results, "keypoints")
     assert metrics == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0)}
 
@@ -80,8 +89,11 @@ def test_perfect_heatmaps_through_predict_score_ap_one(datasets):
 
 def test_flipped_crop_targets_mirror_the_other_side(datasets, monkeypatch):
     """Flipped crop: the target of left_* is the mirrored target of right_*, and vice versa."""
-    monkeypatch.setattr(pipeline, "pose_dataset", functools.partial(
-        pipeline.pose_dataset, scale_range=(1.0, 1.0), rotation_prob=0.0))
+    monkeypatch.setattr(
+        pipeline,
+        "pose_dataset",
+        functools.partial(pipeline.pose_dataset, scale_range=(1.0, 1.0), rotation_prob=0.0),
+    )
 
     def targets(flip_prob):
         _, t = next(iter(_task(datasets, batch_size=6, flip_prob=flip_prob).train_dataset(0)))

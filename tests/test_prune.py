@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_qat import init_batchnorm, small_detector, textured_images
+
 from tfqat.export import tflite
 from tfqat.export.tflite_convert import convert_int8
 from tfqat.models.yolo import build_yolo
@@ -16,8 +16,17 @@ from tfqat.optimize import prune, qat
 from tfqat.tf_compat import keras, tf
 
 PRUNED_IN_SMALL = {
-    "down_conv", "c2f_cv1a_conv", "c2f_cv1b_conv", "c2f_m0_cv1_conv", "c2f_m0_cv2_conv",
-    "c2f_cv2_conv", "sppf_cv1_conv", "sppf_cv2_conv", "side_conv", "box_cv_conv", "cls_cv_conv",
+    "down_conv",
+    "c2f_cv1a_conv",
+    "c2f_cv1b_conv",
+    "c2f_m0_cv1_conv",
+    "c2f_m0_cv2_conv",
+    "c2f_cv2_conv",
+    "sppf_cv1_conv",
+    "sppf_cv2_conv",
+    "side_conv",
+    "box_cv_conv",
+    "cls_cv_conv",
 }
 EXCLUDED_IN_SMALL = {"stem_conv", "box_p3", "cls_p3"}
 
@@ -83,8 +92,14 @@ def test_constant_sparsity_reaches_target_in_custom_loop(pruned):
     stripped = prune.strip(pruned)
     assert not any("PruneLowMagnitude" in type(l).__name__ for l in stripped.layers)
     assert {type(l).__name__ for l in stripped.layers} <= {
-        "InputLayer", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D", "UpSampling2D",
-        "Concatenate", "Add",
+        "InputLayer",
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+        "MaxPooling2D",
+        "UpSampling2D",
+        "Concatenate",
+        "Add",
     }
     sparsity = prune.sparsity_report(stripped)
     assert all(sparsity[name] == 0.0 for name in EXCLUDED_IN_SMALL)
@@ -166,14 +181,23 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
     (tmp_path / "dense.tflite").write_bytes(convert_int8(dense, images))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     printed = subprocess.run(
-        [sys.executable, os.path.join(repo, "tools", "compare_pruned.py"),
-         f"--pruned={tmp_path / 'pruned.tflite'}", f"--dense={tmp_path / 'dense.tflite'}",
-         "--exclude=^stem,^box_p3$,^cls_p3$"],
-        capture_output=True, text=True, check=True, cwd=repo,
+        [
+            sys.executable,
+            os.path.join(repo, "tools", "compare_pruned.py"),
+            f"--pruned={tmp_path / 'pruned.tflite'}",
+            f"--dense={tmp_path / 'dense.tflite'}",
+            "--exclude=^stem,^box_p3$,^cls_p3$",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=repo,
     ).stdout
     zeros = float(re.search(r"weights, ([0-9.]+) exact zeros", printed).group(1))
     assert zeros == pytest.approx(0.5, abs=0.01), printed
-    pruned_bits, dense_bits = map(float, re.search(
-        r"pruned ([0-9.]+) bits/weight, dense ([0-9.]+) bits/weight", printed).groups())
+    pruned_bits, dense_bits = map(
+        float,
+        re.search(r"pruned ([0-9.]+) bits/weight, dense ([0-9.]+) bits/weight", printed).groups(),
+    )
     assert pruned_bits < dense_bits - 1, printed
     assert "gzip -9: pruned" in printed

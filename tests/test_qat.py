@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow_model_optimization as tfmot
 
 from tfqat.export import tflite
 from tfqat.export.tflite_convert import convert_int8
@@ -21,6 +20,7 @@ layers = keras.layers
 
 
 # === Shared helpers ===
+
 
 def textured_images(n, size=64, seed=0):
     """Blocky colour images with noise, pixels 0..255, with both extremes present."""
@@ -74,14 +74,16 @@ def quantize_ready(model, images, scheme="default"):
 def diff_in_steps(runner, tflite_outputs, keras_outputs):
     """Per output: (max, mean) |tflite - keras| in units of the output's quantization step."""
     result = {}
-    for name, a, b, detail in zip(runner.output_names, tflite_outputs, keras_outputs,
-                                  runner.output_details):
+    for name, a, b, detail in zip(
+        runner.output_names, tflite_outputs, keras_outputs, runner.output_details
+    ):
         diff = np.abs(a - np.asarray(b)) / detail["quantization"][0]
         result[name] = (float(diff.max()), float(diff.mean()))
     return result
 
 
 # === check_quantizable ===
+
 
 def test_check_quantizable_names_every_unsupported_layer():
     image = keras.Input((16, 16, 3), name="image")
@@ -146,6 +148,7 @@ def test_quantizes_layers_the_default_scheme_lacks():
 
 # === quantize on the detector ===
 
+
 def _check_detector_qat(model):
     qat_model = qat.quantize(model)
     assert [n.removeprefix("quant_") for n in qat_model.output_names] == list(OUTPUT_NAMES)
@@ -195,6 +198,7 @@ def test_calibrate_sets_ranges_from_float_activations():
 
 # === save -> load ===
 
+
 @pytest.mark.parametrize("scheme", sorted(qat.SCHEMES))
 def test_checkpoint_round_trip(tmp_path, scheme):
     images = textured_images(4)
@@ -221,6 +225,7 @@ def test_h5_round_trip(tmp_path):
 
 
 # === QAT -> int8 ===
+
 
 def test_small_detector_int8_matches_keras_qat():
     """The fast QAT -> int8 test: validator passes, input is pixel - 128, outputs agree."""
@@ -263,8 +268,9 @@ def test_femto_int8_validates(activation):
     rs = np.random.RandomState(1)
     nudged = images + (rs.uniform(size=images.shape) < 0.02) * rs.choice([-1.0, 1.0], images.shape)
     nudged = np.clip(nudged, 0, 255).astype(np.float32)
-    noise = diff_in_steps(runner, [np.asarray(o) for o in qat_model(nudged, training=False)],
-                          keras_outputs)
+    noise = diff_in_steps(
+        runner, [np.asarray(o) for o in qat_model(nudged, training=False)], keras_outputs
+    )
     print(f"{activation} int8 vs Keras QAT (max, mean steps): {steps}")
     print(f"Keras QAT, 1-level noise on 2 % of the pixels: {noise}")
     if activation == "relu6":

@@ -38,8 +38,10 @@ def _load_tool(name):
 
 def _datasets(task, input_size):
     paths = ensure_synthetic(task, num_train=16, num_val=8, seed=0, image_size=max(input_size))
-    return [load_coco(paths[f"{split}_annotations"], paths[f"{split}_images"], task)
-            for split in ("train", "val")]
+    return [
+        load_coco(paths[f"{split}_annotations"], paths[f"{split}_images"], task)
+        for split in ("train", "val")
+    ]
 
 
 def _export(task, model, export_dir):
@@ -64,8 +66,9 @@ def _export(task, model, export_dir):
 def detection(tmp_path_factory):
     from tfqat.tasks.detection import DetectionConfig, DetectionTask
 
-    task = DetectionTask(DetectionConfig(input_size=(64, 64), model_size="femto"),
-                         *_datasets("detection", (64, 64)))
+    task = DetectionTask(
+        DetectionConfig(input_size=(64, 64), model_size="femto"), *_datasets("detection", (64, 64))
+    )
     export_dir = str(tmp_path_factory.mktemp("detection") / "export")
     return (task, *_export(task, task.build_model(), export_dir))
 
@@ -85,11 +88,16 @@ def pose(tmp_path_factory):
 def test_metadata_describes_the_file(detection):
     task, path, metadata = detection
     assert metadata["task"] == "detection"
-    assert metadata["labels"] == {"names": task.train_set.category_names,
-                                  "category_ids": task.train_set.category_ids}
+    assert metadata["labels"] == {
+        "names": task.train_set.category_names,
+        "category_ids": task.train_set.category_ids,
+    }
     assert metadata["input"]["size"] == [64, 64]
-    assert (metadata["input"]["dtype"], metadata["input"]["scale"],
-            metadata["input"]["zero_point"]) == ("int8", 1.0, -128)
+    assert (
+        metadata["input"]["dtype"],
+        metadata["input"]["scale"],
+        metadata["input"]["zero_point"],
+    ) == ("int8", 1.0, -128)
     assert metadata["output_names"] == ["box_p3", "cls_p3", "box_p4", "cls_p4", "box_p5", "cls_p5"]
     assert metadata["decode"]["reg_max"] == 16 and metadata["decode"]["strides"] == [8, 16, 32]
     assert metadata["recipe"] == RECIPE.format(task="detection") and metadata["tfqat_version"]
@@ -108,8 +116,10 @@ def test_metadata_replaces_its_entry_and_keeps_the_converter_ones(detection):
     again = metadata_lib.embed_metadata(data, dict(metadata, task="changed"))
     entries = metadata_lib.tflite_metadata_entries(again)
     assert json.loads(entries[metadata_lib.METADATA_NAME])["task"] == "changed"
-    assert entries["min_runtime_version"] == metadata_lib.tflite_metadata_entries(data)[
-        "min_runtime_version"]
+    assert (
+        entries["min_runtime_version"]
+        == metadata_lib.tflite_metadata_entries(data)["min_runtime_version"]
+    )
     assert len(again) - len(data) < 256  # the buffer was replaced, not added again
 
 
@@ -127,13 +137,17 @@ def test_metadata_json_serves_onnx_and_openvino_files(detection, tmp_path):
 
 
 def test_runtime_imports_no_tensorflow():
-    code = "import sys\n" + BLOCK_TENSORFLOW + textwrap.dedent(f"""
+    code = (
+        "import sys\n"
+        + BLOCK_TENSORFLOW
+        + textwrap.dedent(f"""
         import runpy
         import tfqat.runtime, tfqat.export.metadata
         runpy.run_path({PREDICT!r})  # its imports and flag definitions
         frameworks = sorted(m for m in sys.modules if m.split(".")[0] in ("tf_keras", "keras"))
         assert not frameworks, frameworks
     """)
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -145,16 +159,21 @@ def test_detect_gives_what_evaluation_gives(detection):
 
     task, path, _ = detection
     # An untrained model's scores are about 1e-4 (the class prior): keep every candidate.
-    expected = detection_results(TFLiteRunner(path), task.val_set, task.config.input_size,
-                                 score_threshold=0.0)
+    expected = detection_results(
+        TFLiteRunner(path), task.val_set, task.config.input_size, score_threshold=0.0
+    )
     predictor = runtime.load(path)
     got = []
     for sample in task.val_set.samples:
         detections = predictor.detect(decode_image(sample.path), score_threshold=0.0)
         assert all(d["name"] == task.val_set.category_names[d["label"]] for d in detections)
-        got += to_coco_results(sample.image_id, [d["box"] for d in detections],
-                               [d["score"] for d in detections], [d["label"] for d in detections],
-                               task.val_set.category_ids)
+        got += to_coco_results(
+            sample.image_id,
+            [d["box"] for d in detections],
+            [d["score"] for d in detections],
+            [d["label"] for d in detections],
+            task.val_set.category_ids,
+        )
     assert len(got) == len(expected) > 0
     assert got == expected
 
@@ -185,14 +204,17 @@ def test_keypoints_give_what_evaluation_gives(pose):
 def _run_predict(python, model, image, output, *flags, block_tensorflow=False):
     """tools/predict.py with `python`, from a folder where the repo's tfqat is not importable."""
     argv = [PREDICT, f"--model={model}", f"--image={image}", f"--output={output}", *flags]
-    code = "\n".join([
-        "import runpy, sys",
-        BLOCK_TENSORFLOW if block_tensorflow else "",
-        f"sys.argv = {argv!r}",
-        f"runpy.run_path({PREDICT!r}, run_name='__main__')",
-    ])
-    result = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                            cwd=os.path.dirname(output))
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            BLOCK_TENSORFLOW if block_tensorflow else "",
+            f"sys.argv = {argv!r}",
+            f"runpy.run_path({PREDICT!r}, run_name='__main__')",
+        ]
+    )
+    result = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(output)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -209,8 +231,9 @@ def test_predict_draws_detections_without_tensorflow(detection, tmp_path):
     task, path, _ = detection
     image = task.val_set.samples[0].path
     output = str(tmp_path / "detections.png")
-    results = _run_predict(sys.executable, path, image, output, "--score_threshold=0",
-                           block_tensorflow=True)
+    results = _run_predict(
+        sys.executable, path, image, output, "--score_threshold=0", block_tensorflow=True
+    )
     assert results and {"box", "score", "label", "name", "category_id"} <= set(results[0])
     _assert_drawn(image, output)
 
@@ -220,8 +243,15 @@ def test_predict_draws_skeletons_for_given_boxes(pose, tmp_path):
     sample = next(s for s in task.val_set.samples if len(s.boxes))
     boxes = ";".join(",".join(f"{v:.1f}" for v in box) for box in sample.boxes)
     output = str(tmp_path / "people.png")
-    results = _run_predict(sys.executable, path, sample.path, output, f"--boxes={boxes}",
-                           "--score_threshold=0", block_tensorflow=True)
+    results = _run_predict(
+        sys.executable,
+        path,
+        sample.path,
+        output,
+        f"--boxes={boxes}",
+        "--score_threshold=0",
+        block_tensorflow=True,
+    )
     assert len(results) == len(sample.boxes)
     assert np.asarray(results[0]["keypoints"]).shape == (len(task.train_set.keypoint_names), 3)
     _assert_drawn(sample.path, output)
@@ -243,13 +273,19 @@ def _device_venv(tmp_path, requirements):
 def test_device_install_predicts_without_tensorflow(detection, tmp_path):
     """README's device install: tfqat --no-deps + numpy, pillow, absl-py, ai-edge-litert."""
     task, path, _ = detection
-    tool, python = _device_venv(tmp_path, [*_load_tool("check_tflite_runtime_214").DEVICE_BASE,
-                                           "ai-edge-litert"])
+    tool, python = _device_venv(
+        tmp_path, [*_load_tool("check_tflite_runtime_214").DEVICE_BASE, "ai-edge-litert"]
+    )
     del tool
     probe = subprocess.run([python, "-c", "import tensorflow"], capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
-    where = subprocess.run([python, "-c", "import tfqat; print(tfqat.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [python, "-c", "import tfqat; print(tfqat.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.startswith(str(tmp_path / "venv"))  # the installed wheel, not the repo
     image = task.val_set.samples[0].path
     output = str(tmp_path / "device.png")

@@ -36,7 +36,9 @@ def _load(path: str) -> dict:
 def _ap_of_ground_truth_as_predictions(annotation_file: str, iou_type: str) -> float:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(annotation_file)
-        keys = ("image_id", "category_id", "bbox") + (("keypoints",) if iou_type == "keypoints" else ())
+        keys = ("image_id", "category_id", "bbox") + (
+            ("keypoints",) if iou_type == "keypoints" else ()
+        )
         predictions = [{**{k: a[k] for k in keys}, "score": 1.0} for a in gt.dataset["annotations"]]
         evaluator = COCOeval(gt, gt.loadRes(predictions), iou_type)
         evaluator.evaluate()
@@ -67,7 +69,9 @@ def test_layout_matches_coco_2017(detection_set, pose_set):
             )
             assert len(coco["images"]) == num_images
             assert [i["id"] for i in coco["images"]] == list(range(1, num_images + 1))
-            assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+            assert [a["id"] for a in coco["annotations"]] == list(
+                range(1, len(coco["annotations"]) + 1)
+            )
     assert not [
         name
         for name in os.listdir(os.path.dirname(os.path.dirname(pose_set["val_images"])))
@@ -133,7 +137,8 @@ def test_pose_annotations(pose_set):
         coco = _load(pose_set[f"{split}_annotations"])
         (category,) = coco["categories"]
         assert (
-            category["keypoints"] == list(synthetic.KEYPOINT_NAMES) and len(category["keypoints"]) == 17
+            category["keypoints"] == list(synthetic.KEYPOINT_NAMES)
+            and len(category["keypoints"]) == 17
         )
         assert category["skeleton"] == synthetic.SKELETON
         for ann in coco["annotations"]:
@@ -147,7 +152,9 @@ def test_pose_annotations(pose_set):
 
 
 def test_ensure_synthetic_reuses_the_cache(tmp_path, monkeypatch):
-    paths = synthetic.ensure_synthetic("pose", cache_dir=str(tmp_path), num_train=3, num_val=2, seed=5)
+    paths = synthetic.ensure_synthetic(
+        "pose", cache_dir=str(tmp_path), num_train=3, num_val=2, seed=5
+    )
     assert paths["train_annotations"] == str(
         tmp_path / "synthetic" / "pose-3-2-s5-256" / "annotations" / "person_keypoints_train.json"
     )
@@ -167,7 +174,9 @@ def test_ensure_synthetic_reuses_the_cache(tmp_path, monkeypatch):
 def test_ensure_synthetic_default_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TFQAT_CACHE_DIR", str(tmp_path))
     paths = synthetic.ensure_synthetic("detection", num_train=2, num_val=1)
-    assert paths["val_images"] == str(tmp_path / "synthetic" / "detection-2-1-s0-256" / "images" / "val")
+    assert paths["val_images"] == str(
+        tmp_path / "synthetic" / "detection-2-1-s0-256" / "images" / "val"
+    )
     assert len(os.listdir(paths["val_images"])) == 1
 
 
@@ -201,13 +210,21 @@ def test_library_does_not_import_tensorflow():
 def test_tool_writes_a_dataset_and_rejects_bad_flags(tmp_path):
     tool = os.path.join(REPO_ROOT, "tools", "make_synthetic.py")
     out = tmp_path / "data"
-    args = [sys.executable, tool, "--task=detection", f"--out={out}", "--num_train=2", "--num_val=1"]
+    args = [
+        sys.executable,
+        tool,
+        "--task=detection",
+        f"--out={out}",
+        "--num_train=2",
+        "--num_val=1",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert "train 2 images" in result.stdout
     assert (out / "annotations" / "instances_val.json").is_file()
     bad = subprocess.run(
-        [sys.executable, tool, "--task=segmentation", f"--out={tmp_path / 'x'}"], capture_output=True
+        [sys.executable, tool, "--task=segmentation", f"--out={tmp_path / 'x'}"],
+        capture_output=True,
     )
     assert bad.returncode != 0
     again = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT)

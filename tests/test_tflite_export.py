@@ -8,13 +8,11 @@ import time
 
 import numpy as np
 import pytest
-
 from test_qat import init_batchnorm, quantize_ready, small_detector, textured_images
-from tfqat.export import tflite
-from tfqat.export import tflite_convert
+
+from tfqat.export import tflite, tflite_convert
 from tfqat.export.tflite import ExportValidationError
 from tfqat.models.yolo import build_yolo
-from tfqat.optimize import qat
 from tfqat.tf_compat import keras, tf
 
 layers = keras.layers
@@ -114,10 +112,19 @@ def test_runtime_module_needs_no_tensorflow(tmp_path, int8_file, images):
 def test_validator_report(int8_file, images):
     report = tflite.validate_int8(int8_file, images, score_output_names=("cls_p3",))
     assert report["input"] == {
-        "name": "image", "shape": [1, 64, 64, 3], "dtype": "int8", "scale": 1.0, "zero_point": -128
+        "name": "image",
+        "shape": [1, 64, 64, 3],
+        "dtype": "int8",
+        "scale": 1.0,
+        "zero_point": -128,
     }
     assert set(report["op_counts"]) <= {
-        "CONV_2D", "CONCATENATION", "ADD", "MAX_POOL_2D", "RESIZE_NEAREST_NEIGHBOR", "QUANTIZE"
+        "CONV_2D",
+        "CONCATENATION",
+        "ADD",
+        "MAX_POOL_2D",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "QUANTIZE",
     }
     assert report["op_counts"]["CONV_2D"] == 14
     assert set(report["tensor_types"]) == {"INT8", "INT32"}
@@ -240,7 +247,9 @@ def test_pico_256_int8_file_size():
     qat_seconds = time.perf_counter() - started
     tflite.validate_int8(qat_file, images)
     ratio = len(int8_file) / len(float_file)
-    print(f"pico 256 px 7 classes: float32 {len(float_file)} B ({float_seconds:.1f} s), "
-          f"int8 PTQ {len(int8_file)} B ({int8_seconds:.1f} s), int8 QAT {len(qat_file)} B "
-          f"({qat_seconds:.1f} s); int8/float32 {ratio:.3f}")
+    print(
+        f"pico 256 px 7 classes: float32 {len(float_file)} B ({float_seconds:.1f} s), "
+        f"int8 PTQ {len(int8_file)} B ({int8_seconds:.1f} s), int8 QAT {len(qat_file)} B "
+        f"({qat_seconds:.1f} s); int8/float32 {ratio:.3f}"
+    )
     assert 0.2 < ratio < 0.35

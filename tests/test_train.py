@@ -45,18 +45,27 @@ class ToyTask:
 
 
 def _config(epochs, **kwargs):
-    return training.StageConfig(name="float", epochs=epochs, steps_per_epoch=4, learning_rate=0.05,
-                                warmup_epochs=0.5, ema_tau=2.0, **kwargs)
+    return training.StageConfig(
+        name="float",
+        epochs=epochs,
+        steps_per_epoch=4,
+        learning_rate=0.05,
+        warmup_epochs=0.5,
+        ema_tau=2.0,
+        **kwargs,
+    )
 
 
 def test_resume_continues_from_the_saved_step(tmp_path):
     task = ToyTask()
-    first = training.fit(task, task.build_model(), task.train_dataset, _config(2), str(tmp_path),
-                         verbose=0)
+    first = training.fit(
+        task, task.build_model(), task.train_dataset, _config(2), str(tmp_path), verbose=0
+    )
     assert first.steps == 8
     # A new process would rebuild the model from scratch; the checkpoint restores everything.
-    resumed = training.fit(task, task.build_model(), task.train_dataset, _config(3), str(tmp_path),
-                           verbose=0)
+    resumed = training.fit(
+        task, task.build_model(), task.train_dataset, _config(3), str(tmp_path), verbose=0
+    )
     assert resumed.steps == 12
     assert resumed.seconds >= first.seconds
     np.testing.assert_equal(
@@ -68,8 +77,9 @@ def test_finished_stage_is_not_trained_again(tmp_path):
     task = ToyTask()
     training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path), verbose=0)
     calls = task.validations
-    again = training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path),
-                         verbose=0)
+    again = training.fit(
+        task, task.build_model(), task.train_dataset, _config(1), str(tmp_path), verbose=0
+    )
     assert again.steps == 4 and task.validations == calls
 
 
@@ -77,8 +87,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     task = ToyTask(nan_after_step=6)
     task.step_counter = tf.Variable(0, dtype=tf.int64)
     with pytest.raises(training.TrainingDiverged, match=r"loss became nan at epoch 2"):
-        training.fit(task, task.build_model(), task.train_dataset, _config(3), str(tmp_path),
-                     verbose=0)
+        training.fit(
+            task, task.build_model(), task.train_dataset, _config(3), str(tmp_path), verbose=0
+        )
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "float"))
     assert latest.endswith("ckpt-1")
     model = task.build_model()
@@ -94,17 +105,39 @@ def test_warmup_cosine_schedule_shape():
     assert lrs[4] == pytest.approx(0.001)
 
 
-ARTIFACTS = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8",
-             "onnx_int8", "openvino_int8", "openvino_float"]
-EXPORTED = ["model_int8.tflite", "model_int8_ptq.tflite", "model_float32.tflite",
-            "model_int8.onnx", "openvino/model_int8.xml", "openvino/model_int8.bin",
-            "openvino/model_float.xml", "openvino/model_float.bin", "metadata.json"]
+ARTIFACTS = [
+    "keras_float",
+    "keras_qat",
+    "tflite_float32",
+    "tflite_int8_ptq",
+    "tflite_int8",
+    "onnx_int8",
+    "openvino_int8",
+    "openvino_float",
+]
+EXPORTED = [
+    "model_int8.tflite",
+    "model_int8_ptq.tflite",
+    "model_float32.tflite",
+    "model_int8.onnx",
+    "openvino/model_int8.xml",
+    "openvino/model_int8.bin",
+    "openvino/model_float.xml",
+    "openvino/model_float.bin",
+    "metadata.json",
+]
 
 
 def run_smoke(model_dir, cache, *flags):
     env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
-    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
-               f"--model_dir={model_dir}", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "tfqat.train",
+        "--flagfile=configs/smoke_yolo.flags",
+        f"--model_dir={model_dir}",
+        *flags,
+    ]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     return json.loads((model_dir / "report.json").read_text())
 
@@ -119,8 +152,11 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_recipe_writes_the_run_directory(smoke_run):
     model_dir = smoke_run
-    for path in ["flags.txt", "report.json", "report.md"] + [f"export/{f}" for f in EXPORTED] + [
-            f"predictions/{name}.json" for name in ARTIFACTS]:
+    for path in (
+        ["flags.txt", "report.json", "report.md"]
+        + [f"export/{f}" for f in EXPORTED]
+        + [f"predictions/{name}.json" for name in ARTIFACTS]
+    ):
         assert (model_dir / path).exists(), path
     assert any(f.startswith("events") for f in os.listdir(model_dir / "train"))
     assert any(f.startswith("events") for f in os.listdir(model_dir / "validation"))
@@ -147,8 +183,14 @@ def test_smoke_recipe_writes_the_run_directory(smoke_run):
 def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_run):
     before = json.loads((smoke_run / "report.json").read_text())
     env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_run.parent / "cache"))
-    subprocess.run([sys.executable, "-m", "tfqat.train", f"--flagfile={smoke_run}/flags.txt"],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "tfqat.train", f"--flagfile={smoke_run}/flags.txt"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert json.loads((smoke_run / "report.json").read_text())["stages"] == before["stages"]
 
 
@@ -156,8 +198,13 @@ def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_run):
 def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_run):
     int8 = smoke_run / "export" / "model_int8.tflite"
     int8.unlink()
-    subprocess.run([sys.executable, "-m", "tfqat.export", f"--model_dir={smoke_run}"],
-                   cwd=REPO, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "tfqat.export", f"--model_dir={smoke_run}"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     report = json.loads((smoke_run / "report.json").read_text())
     assert int8.exists()
     assert sorted(a["name"] for a in report["artifacts"]) == sorted(ARTIFACTS)
@@ -165,10 +212,16 @@ def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_run):
 
 @pytest.mark.slow
 def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(tmp_path):
-    report = run_smoke(tmp_path / "run", tmp_path / "cache", "--stages=float,prune,pqat",
-                       "--prune_epochs=2")
+    report = run_smoke(
+        tmp_path / "run", tmp_path / "cache", "--stages=float,prune,pqat", "--prune_epochs=2"
+    )
     assert [s["name"] for s in report["stages"]] == [
-        "float", "prune", "pqat", "float_reference_prune", "float_reference"]
+        "float",
+        "prune",
+        "pqat",
+        "float_reference_prune",
+        "float_reference",
+    ]
     rows = {a["name"]: a for a in report["artifacts"]}
     # 50 % of every pruned kernel; the stem and output convolutions (about 4 %) stay dense.
     assert rows["tflite_int8"]["sparsity"] > 0.45
@@ -178,8 +231,14 @@ def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(tmp_path):
 
 
 def test_contradictory_flags_fail_before_work(tmp_path):
-    command = [sys.executable, "-m", "tfqat.train", "--flagfile=configs/smoke_yolo.flags",
-               f"--model_dir={tmp_path}", "--train_annotations=/x.json"]
+    command = [
+        sys.executable,
+        "-m",
+        "tfqat.train",
+        "--flagfile=configs/smoke_yolo.flags",
+        f"--model_dir={tmp_path}",
+        "--train_annotations=/x.json",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode != 0
     assert "all-or-none" in result.stderr

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 
-from tfqat.tf_compat import keras
 from tfqat.models.yolo import ACTIVATIONS, OUTPUT_NAMES, SIZES, STRIDES, build_yolo
+from tfqat.tf_compat import keras
 
 # All weights (count_params, incl. BN moving statistics) at 80 classes, reg_max 16. Trainable
 # weights of "n": 3,157,184, Ultralytics' YOLOv8n (3,157,200) less its 16 fixed DFL weights.

@@ -28,8 +28,17 @@ def letterboxed_batches(dataset: CocoDataset, input_size, batch_size: int, limit
         yield chunk, np.stack(images).astype(np.float32), boxes
 
 
-def detection_results(predict_fn, dataset: CocoDataset, input_size, *, batch_size=16,
-                      score_threshold=0.001, iou_threshold=0.7, max_detections=300, limit=None):
+def detection_results(
+    predict_fn,
+    dataset: CocoDataset,
+    input_size,
+    *,
+    batch_size=16,
+    score_threshold=0.001,
+    iou_threshold=0.7,
+    max_detections=300,
+    limit=None,
+):
     """COCO results records (category ids of the dataset) for every val image."""
     from tfqat.postprocess import detection as post
 
@@ -37,8 +46,12 @@ def detection_results(predict_fn, dataset: CocoDataset, input_size, *, batch_siz
     for samples, images, letterboxes in letterboxed_batches(dataset, input_size, batch_size, limit):
         outputs = predict_fn(images)
         detections = post.postprocess(
-            outputs, input_size, letterboxes, [(s.height, s.width) for s in samples],
-            score_threshold=score_threshold, iou_threshold=iou_threshold,
+            outputs,
+            input_size,
+            letterboxes,
+            [(s.height, s.width) for s in samples],
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
             max_detections=max_detections,
         )
         for s, (boxes, scores, labels) in zip(samples, detections):

@@ -35,8 +35,7 @@ def export_and_evaluate(task, models, model_dir, calibration, min_output_levels=
     fails (`fail_on`).
     """
     export_dir = export_files(task, models, model_dir, calibration, min_output_levels)
-    rows = [evaluate_exported(task, os.path.join(export_dir, name), model_dir)
-            for name in EXPORTED]
+    rows = [evaluate_exported(task, os.path.join(export_dir, name), model_dir) for name in EXPORTED]
     parity = backend_parity(task, models["keras_qat"], export_dir)
     problems = backend_metric_problems(task, rows)
     if problems:
@@ -48,8 +47,10 @@ def fail_on(problems):
     from tfqat.export.tflite_runtime import ExportValidationError
 
     if problems:
-        raise ExportValidationError("int8 backends disagree with tflite_int8 (every row is in "
-                                    "report.json):\n  " + "\n  ".join(problems))
+        raise ExportValidationError(
+            "int8 backends disagree with tflite_int8 (every row is in "
+            "report.json):\n  " + "\n  ".join(problems)
+        )
 
 
 def export_files(task, models, model_dir, calibration, min_output_levels=32):
@@ -70,8 +71,12 @@ def export_files(task, models, model_dir, calibration, min_output_levels=32):
     }
     for name, data in files.items():
         if EXPORTED[name][2] == "int8":
-            validate_int8(data, calibration, score_output_names=task.score_output_names,
-                          min_levels=min_output_levels)
+            validate_int8(
+                data,
+                calibration,
+                score_output_names=task.score_output_names,
+                min_levels=min_output_levels,
+            )
     export_dir = os.path.join(model_dir, "export")
     os.makedirs(export_dir, exist_ok=True)
     flags_file = os.path.join(model_dir, "flags.txt")
@@ -136,26 +141,40 @@ def _rank4_constants(path) -> list[np.ndarray]:
     import openvino as ov
 
     model = ov.Core().read_model(path)
-    return [op.get_data() for op in model.get_ops()
-            if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) == 4]
+    return [
+        op.get_data()
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) == 4
+    ]
 
 
 def evaluate_exported(task, path, model_dir):
     """An exported file's report row, run by its own runtime (LiteRT, onnxruntime, OpenVINO)."""
     name, fmt, precision = artifact_kind(path)
-    return evaluated_row(task, _runner_of(path), name, path, fmt, precision, _file_bytes(path),
-                         weight_sparsity(path), model_dir)
+    return evaluated_row(
+        task,
+        _runner_of(path),
+        name,
+        path,
+        fmt,
+        precision,
+        _file_bytes(path),
+        weight_sparsity(path),
+        model_dir,
+    )
 
 
-def evaluated_row(task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir,
-                  results=None):
+def evaluated_row(
+    task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir, results=None
+):
     if results is None:
         results = task.predict(predict_fn)
     predictions = os.path.join(model_dir, "predictions", f"{name}.json")
     os.makedirs(os.path.dirname(predictions), exist_ok=True)
     write_results(predictions, results)
-    return report_lib.artifact_row(name, path, fmt, precision, data, sparsity,
-                                   task.metrics(results), predictions, model_dir)
+    return report_lib.artifact_row(
+        name, path, fmt, precision, data, sparsity, task.metrics(results), predictions, model_dir
+    )
 
 
 def backend_metric_problems(task, rows) -> list[str]:
@@ -163,24 +182,29 @@ def backend_metric_problems(task, rows) -> list[str]:
     metric = task.primary_metric
     by_name = {row["name"]: row["metrics"][metric] for row in rows}
     reference = by_name["tflite_int8"]
-    return [f"{name}: {metric} {value:.4f} < {1 - MAX_METRIC_DROP:.2f} x tflite_int8 "
-            f"{reference:.4f}"
-            for name, value in by_name.items()
-            if name in ("onnx_int8", "openvino_int8")
-            and value < (1 - MAX_METRIC_DROP) * reference]
+    return [
+        f"{name}: {metric} {value:.4f} < {1 - MAX_METRIC_DROP:.2f} x tflite_int8 {reference:.4f}"
+        for name, value in by_name.items()
+        if name in ("onnx_int8", "openvino_int8") and value < (1 - MAX_METRIC_DROP) * reference
+    ]
 
 
 def _layer_report_text(task, export_dir) -> str:
     """Where the ONNX graph starts to differ from the .tflite, by Keras layer (int8 steps)."""
     from tfqat.export.intel import layer_report
 
-    report = layer_report(os.path.join(export_dir, "model_int8.tflite"),
-                          os.path.join(export_dir, "model_int8.onnx"),
-                          task.preprocessed_images(PARITY_IMAGES, split="val"))
-    worst = "\n    ".join(f"{row['layer']}: mean {row['mean']}, max {row['max']} steps"
-                          for row in report["worst"])
-    return (f"layer by layer (ONNX vs .tflite, {PARITY_IMAGES} val images): first layer over "
-            f"one step on average: {report['first_over_one_step']}; largest:\n    {worst}")
+    report = layer_report(
+        os.path.join(export_dir, "model_int8.tflite"),
+        os.path.join(export_dir, "model_int8.onnx"),
+        task.preprocessed_images(PARITY_IMAGES, split="val"),
+    )
+    worst = "\n    ".join(
+        f"{row['layer']}: mean {row['mean']}, max {row['max']} steps" for row in report["worst"]
+    )
+    return (
+        f"layer by layer (ONNX vs .tflite, {PARITY_IMAGES} val images): first layer over "
+        f"one step on average: {report['first_over_one_step']}; largest:\n    {worst}"
+    )
 
 
 def backend_parity(task, keras_qat, export_dir) -> dict:
@@ -190,9 +214,11 @@ def backend_parity(task, keras_qat, export_dir) -> dict:
     from tfqat.tasks.common import keras_predict_fn
 
     int8_tflite = os.path.join(export_dir, "model_int8.tflite")
-    runners = {"tflite_int8": _runner_of(int8_tflite),
-               "onnx_int8": _runner_of(os.path.join(export_dir, "model_int8.onnx")),
-               "openvino_int8": _runner_of(os.path.join(export_dir, "openvino", "model_int8.xml"))}
+    runners = {
+        "tflite_int8": _runner_of(int8_tflite),
+        "onnx_int8": _runner_of(os.path.join(export_dir, "model_int8.onnx")),
+        "openvino_int8": _runner_of(os.path.join(export_dir, "openvino", "model_int8.xml")),
+    }
     keras_fn = keras_predict_fn(keras_qat)
     keras_fn.output_names = runners["tflite_int8"].output_names
     runners["keras_qat"] = keras_fn

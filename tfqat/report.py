@@ -20,8 +20,9 @@ def kernel_sparsity(kernels) -> float:
     return zeros / total if total else 0.0
 
 
-def artifact_row(name, path, fmt, precision, data: bytes, sparsity, metrics, predictions,
-                 model_dir):
+def artifact_row(
+    name, path, fmt, precision, data: bytes, sparsity, metrics, predictions, model_dir
+):
     return {
         "name": name,
         "path": os.path.relpath(path, model_dir),
@@ -62,11 +63,17 @@ def report_markdown(report: dict) -> str:
     lines += ["", "| stage | steps | seconds |", "| --- | ---: | ---: |"]
     lines += [f"| {s['name']} | {s['steps']} | {s['seconds']:.1f} |" for s in report["stages"]]
     metric_names = sorted({m for a in report["artifacts"] for m in a["metrics"]})
-    lines += ["", "| artifact | format | precision | size (bytes) | gzip (bytes) | sparsity | "
-              + " | ".join(metric_names) + " |"]
+    lines += [
+        "",
+        "| artifact | format | precision | size (bytes) | gzip (bytes) | sparsity | "
+        + " | ".join(metric_names)
+        + " |",
+    ]
     lines.append("| --- " * (6 + len(metric_names)) + "|")
     for a in report["artifacts"]:
         metrics = " | ".join(f"{a['metrics'].get(m, float('nan')):.4f}" for m in metric_names)
-        lines.append(f"| {a['name']} | {a['format']} | {a['precision']} | {a['size_bytes']} | "
-                     f"{a['gzip_bytes']} | {a['sparsity']:.3f} | {metrics} |")
+        lines.append(
+            f"| {a['name']} | {a['format']} | {a['precision']} | {a['size_bytes']} | "
+            f"{a['gzip_bytes']} | {a['sparsity']:.3f} | {metrics} |"
+        )
     return "\n".join(lines) + "\n"

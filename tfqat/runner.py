@@ -24,8 +24,16 @@ class Run:
     paths: dict
 
 
-def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration_images=64,
-               min_output_levels=32, pruning=None):
+def run_recipe(
+    task,
+    model_dir,
+    paths,
+    stages,
+    init_checkpoint=None,
+    calibration_images=64,
+    min_output_levels=32,
+    pruning=None,
+):
     """Trains every stage, then evaluates (and, after QAT, exports) what they produced.
 
     `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one.
@@ -38,10 +46,17 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
     records = []
 
     def train(stage_name, stage_model, epoch_summaries=None):
-        result = fit(task, stage_model, task.train_dataset, by_name[stage_name], model_dir,
-                     epoch_summaries=epoch_summaries)
-        records.append({"name": stage_name, "steps": result.steps,
-                        "seconds": round(result.seconds, 1)})
+        result = fit(
+            task,
+            stage_model,
+            task.train_dataset,
+            by_name[stage_name],
+            model_dir,
+            epoch_summaries=epoch_summaries,
+        )
+        records.append(
+            {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
+        )
         return result
 
     float_stage = train("float", model)
@@ -68,14 +83,16 @@ def run_recipe(task, model_dir, paths, stages, init_checkpoint=None, calibration
     report = new_report(task, paths, records)
     for name, result in trained.items():
         # A stage that validated its final model now hands over those predictions.
-        report_lib.upsert_artifact(report, evaluate_keras(task, result.model, name, model_dir,
-                                                          result.val_results))
+        report_lib.upsert_artifact(
+            report, evaluate_keras(task, result.model, name, model_dir, result.val_results)
+        )
     report_path = os.path.join(model_dir, "report.json")
     report_lib.write_report(report_path, report)  # kept if an export fails
     problems = []
     if "keras_qat" in models:
         rows, report["parity"], problems = export_and_evaluate(
-            task, models, model_dir, calibration, min_output_levels)
+            task, models, model_dir, calibration, min_output_levels
+        )
         for row in rows:
             report_lib.upsert_artifact(report, row)
         report_lib.write_report(report_path, report)
@@ -110,7 +127,9 @@ def sparsity_summaries(model, step, writer):
     with writer.as_default(step=step):
         for name, value in sparsity.items():
             tf.summary.scalar(f"sparsity/{name}", value)
-        tf.summary.scalar("sparsity/mean_over_pruned_layers", float(np.mean(list(sparsity.values()))))
+        tf.summary.scalar(
+            "sparsity/mean_over_pruned_layers", float(np.mean(list(sparsity.values())))
+        )
 
 
 def clone_with_weights(model):
@@ -130,8 +149,13 @@ def quantizer_range_summaries(model, step, writer):
 
 
 def new_report(task, paths, stages):
-    return {"task": task.name, "input_size": list(task.config.input_size), **paths,
-            "stages": stages, "artifacts": []}
+    return {
+        "task": task.name,
+        "input_size": list(task.config.input_size),
+        **paths,
+        "stages": stages,
+        "artifacts": [],
+    }
 
 
 def evaluate_keras(task, model, name, model_dir, results=None):
@@ -145,9 +169,18 @@ def evaluate_keras(task, model, name, model_dir, results=None):
     data = b"".join(np.asarray(w, np.float32).tobytes() for w in weights)
     kernels = [w.numpy() for w in model.weights if w.name.endswith("kernel:0")]
     precision = "int8-simulated" if name == "keras_qat" else "float32"
-    return evaluated_row(task, keras_predict_fn(model), name, os.path.join(model_dir, "checkpoints"),
-                         "keras", precision, data, report_lib.kernel_sparsity(kernels), model_dir,
-                         results)
+    return evaluated_row(
+        task,
+        keras_predict_fn(model),
+        name,
+        os.path.join(model_dir, "checkpoints"),
+        "keras",
+        precision,
+        data,
+        report_lib.kernel_sparsity(kernels),
+        model_dir,
+        results,
+    )
 
 
 def load_run(model_dir, val_annotations=None, val_images=None) -> Run:
@@ -161,12 +194,17 @@ def load_run(model_dir, val_annotations=None, val_images=None) -> Run:
     keys = recipe.PATH_FLAGS
     paths = {k: report[k] for k in keys} if report else recipe.dataset_paths(options)
     if val_annotations:
-        paths.update(val_annotations=os.path.abspath(val_annotations),
-                     val_images=os.path.abspath(val_images))
+        paths.update(
+            val_annotations=os.path.abspath(val_annotations), val_images=os.path.abspath(val_images)
+        )
     datasets = [
-        load_coco(paths[f"{split}_annotations"], paths[f"{split}_images"], options.task,
-                  exif_transpose=options.exif_transpose,
-                  annotation_problems=options.annotation_problems)
+        load_coco(
+            paths[f"{split}_annotations"],
+            paths[f"{split}_images"],
+            options.task,
+            exif_transpose=options.exif_transpose,
+            annotation_problems=options.annotation_problems,
+        )
         for split in ("train", "val")
     ]
     return Run(model_dir, options, recipe.make_task(options, *datasets), paths)
@@ -202,14 +240,17 @@ def restore_export_models(run: Run) -> dict:
 
     stage = next((s for s in ("pqat", "qat") if s in run.options.stages), None)
     if stage is None:
-        raise ValueError(f"{run.model_dir}: --stages={','.join(run.options.stages)} has no QAT "
-                         "stage, so there is no int8 model to export")
+        raise ValueError(
+            f"{run.model_dir}: --stages={','.join(run.options.stages)} has no QAT "
+            "stage, so there is no int8 model to export"
+        )
     latest = tf.train.latest_checkpoint(os.path.join(run.model_dir, "checkpoints", stage))
     if latest is None:
         raise FileNotFoundError(f"{run.model_dir}: no checkpoint of the {stage} stage yet")
     with qat.qat_scope():
-        qat_model = qat.quantize(run.task.build_model(),
-                                 "prune_preserve" if stage == "pqat" else "default")
+        qat_model = qat.quantize(
+            run.task.build_model(), "prune_preserve" if stage == "pqat" else "default"
+        )
     tf.train.Checkpoint(ema=qat_model).restore(latest).expect_partial()
     return {"keras_float": restore_stage_model(run, latest_stage(run)), "keras_qat": qat_model}
 

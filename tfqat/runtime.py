@@ -51,8 +51,12 @@ def _backend(path: str, metadata: dict, num_threads: int):
         runner_class = (
             intel_runtime.OnnxRunner if extension == ".onnx" else intel_runtime.OpenVINORunner
         )
-        return runner_class(path, num_threads=num_threads, output_order=names,
-                            output_quantization=_integer_output_quantization(metadata))
+        return runner_class(
+            path,
+            num_threads=num_threads,
+            output_order=names,
+            output_quantization=_integer_output_quantization(metadata),
+        )
     raise ValueError(f"{path}: unknown model format; expected .tflite, .onnx or .xml")
 
 
@@ -62,8 +66,11 @@ def _integer_output_quantization(metadata: dict) -> dict:
     The .onnx / OpenVINO files are converted from that .tflite; where they keep its integer
     outputs, these dequantize them.
     """
-    return {o["name"]: (o["scale"], o["zero_point"]) for o in metadata.get("outputs", [])
-            if o["dtype"] in ("int8", "uint8")}
+    return {
+        o["name"]: (o["scale"], o["zero_point"])
+        for o in metadata.get("outputs", [])
+        if o["dtype"] in ("int8", "uint8")
+    }
 
 
 # === Predictors ===

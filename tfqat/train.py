@@ -20,8 +20,9 @@ recipe.define_flags(FLAGS)
 def write_flags(model_dir: str):
     from tfqat.fileio import atomic_write
 
-    lines = [FLAGS[name].serialize() for name in recipe.RECIPE_FLAGS
-             if FLAGS[name].value is not None]
+    lines = [
+        FLAGS[name].serialize() for name in recipe.RECIPE_FLAGS if FLAGS[name].value is not None
+    ]
     lines = [line for line in lines if not line.startswith("--model_dir")]
     lines.append(f"--model_dir={model_dir}")
     atomic_write(os.path.join(model_dir, "flags.txt"), "\n".join(lines) + "\n")
@@ -42,17 +43,34 @@ def main(argv):
 
     paths = recipe.dataset_paths(FLAGS)
     problems = FLAGS.annotation_problems
-    train = load_coco(paths["train_annotations"], paths["train_images"], FLAGS.task,
-                      exif_transpose=FLAGS.exif_transpose, annotation_problems=problems)
-    val = load_coco(paths["val_annotations"], paths["val_images"], FLAGS.task,
-                    exif_transpose=FLAGS.exif_transpose, annotation_problems=problems)
+    train = load_coco(
+        paths["train_annotations"],
+        paths["train_images"],
+        FLAGS.task,
+        exif_transpose=FLAGS.exif_transpose,
+        annotation_problems=problems,
+    )
+    val = load_coco(
+        paths["val_annotations"],
+        paths["val_images"],
+        FLAGS.task,
+        exif_transpose=FLAGS.exif_transpose,
+        annotation_problems=problems,
+    )
 
     from tfqat import runner
 
     task = recipe.make_task(FLAGS, train, val)
-    runner.run_recipe(task, model_dir, paths, recipe.stage_configs(FLAGS, task),
-                      FLAGS.init_checkpoint, FLAGS.calibration_images, FLAGS.min_output_levels,
-                      recipe.pruning_options(FLAGS))
+    runner.run_recipe(
+        task,
+        model_dir,
+        paths,
+        recipe.stage_configs(FLAGS, task),
+        FLAGS.init_checkpoint,
+        FLAGS.calibration_images,
+        FLAGS.min_output_levels,
+        recipe.pruning_options(FLAGS),
+    )
 
 
 def run():

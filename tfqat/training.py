@@ -86,7 +86,9 @@ class StageResult:
 
 def make_optimizer(config: StageConfig):
     if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
+        )
     schedule = WarmupCosine(
         config.learning_rate,
         config.total_steps,
@@ -129,8 +131,16 @@ def _is_pruning_state(variable) -> bool:
     return variable.name.endswith(("/mask:0", "/threshold:0"))
 
 
-def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str, *, verbose=1,
-        epoch_summaries=None):
+def fit(
+    task,
+    model: keras.Model,
+    train_ds,
+    config: StageConfig,
+    model_dir: str,
+    *,
+    verbose=1,
+    epoch_summaries=None,
+):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
     `train_ds(start_epoch)` returns the (infinite) training dataset, shuffled from a seed that
@@ -147,8 +157,14 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
     ema = ModelEMA(model, config.ema_decay, config.ema_tau)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
-    checkpoint = tf.train.Checkpoint(model=model, ema=ema.model, ema_updates=ema.updates,
-                                     optimizer=optimizer, epoch=epoch, seconds=seconds)
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        ema=ema.model,
+        ema_updates=ema.updates,
+        optimizer=optimizer,
+        epoch=epoch,
+        seconds=seconds,
+    )
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(model_dir, "checkpoints", config.name), max_to_keep=2
     )
@@ -177,11 +193,14 @@ def fit(task, model: keras.Model, train_ds, config: StageConfig, model_dir: str,
         if epoch_summaries:
             epoch_summaries(model, int(optimizer.iterations), train_writer)
         if (e + 1) % config.eval_every == 0 or e + 1 == config.epochs:
-            metrics, val_results = task.validate(ema.model, step=int(optimizer.iterations),
-                                                 writer=val_writer)
+            metrics, val_results = task.validate(
+                ema.model, step=int(optimizer.iterations), writer=val_writer
+            )
             if verbose:
-                print(f"[{config.name}] epoch {e + 1}/{config.epochs} val " +
-                      " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                print(
+                    f"[{config.name}] epoch {e + 1}/{config.epochs} val "
+                    + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                )
         manager.save(checkpoint_number=e + 1)
     return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
 
@@ -193,7 +212,9 @@ def make_train_step(task, model, optimizer, ema):
             outputs = model(images, training=True)
             losses = task.loss(targets, outputs)
         grads = tape.gradient(losses["total"], model.trainable_variables)
-        finite = tf.math.is_finite(losses["total"]) & tf.math.is_finite(tf.linalg.global_norm(grads))
+        finite = tf.math.is_finite(losses["total"]) & tf.math.is_finite(
+            tf.linalg.global_norm(grads)
+        )
         # A non-finite loss or gradient leaves the weights untouched; Python then stops the run.
         losses["total"] = tf.where(finite, losses["total"], np.nan)
         if finite:
@@ -214,8 +235,9 @@ def _write_graph(writer, model, dataset):
 
 
 def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose):
-    progbar = keras.utils.Progbar(config.steps_per_epoch, verbose=verbose,
-                                  stateful_metrics=["lr", "img/s"])
+    progbar = keras.utils.Progbar(
+        config.steps_per_epoch, verbose=verbose, stateful_metrics=["lr", "img/s"]
+    )
     start = time.perf_counter()
     batch = None
     for i in range(config.steps_per_epoch):

@@ -33,8 +33,7 @@ flags.mark_flag_as_required("model_dir")
 OURS, NNCF, F32 = "openvino_int8", "openvino_int8_nncf", "openvino_f32"
 
 
-def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10,
-                          seed: int = 0) -> dict:
+def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10, seed: int = 0) -> dict:
     """{name: {"median_ms", "p10_ms"}} of zero-argument callables timed call by call in turns.
 
     Every round calls each backend once, so a burst of load from another process hits all
@@ -55,9 +54,13 @@ def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10,
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: {"median_ms": round(1e3 * float(np.median(t)), 4),
-                   "p10_ms": round(1e3 * float(np.percentile(t, 10)), 4)}
-            for name, t in times.items()}
+    return {
+        name: {
+            "median_ms": round(1e3 * float(np.median(t)), 4),
+            "p10_ms": round(1e3 * float(np.percentile(t, 10)), 4),
+        }
+        for name, t in times.items()
+    }
 
 
 def tflite_call(path, image, threads):
@@ -122,9 +125,16 @@ def main(argv):
     export_dir = os.path.join(FLAGS.model_dir, "export")
     calibration = calibration_images(FLAGS.model_dir, FLAGS.calibration_images)
     ensure_intel_files(export_dir, calibration)
-    path = {name: os.path.join(export_dir, name) for name in (
-        "model_float32.tflite", "model_int8.tflite", "model_int8.onnx",
-        "openvino/model_int8.xml", "openvino/model_float.xml")}
+    path = {
+        name: os.path.join(export_dir, name)
+        for name in (
+            "model_float32.tflite",
+            "model_int8.tflite",
+            "model_int8.onnx",
+            "openvino/model_int8.xml",
+            "openvino/model_float.xml",
+        )
+    }
     image = calibration[:1]
     threads = FLAGS.threads
     quantized_nncf = nncf_model(path["openvino/model_float.xml"], calibration)
@@ -152,22 +162,30 @@ def main(argv):
     sizes["openvino_float_default"] = sizes[F32]
     result = {
         "model_dir": os.path.abspath(FLAGS.model_dir),
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpu": _cpu_name(), "threads": threads},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
+            "threads": threads,
+        },
         "method": f"{FLAGS.rounds} interleaved rounds of one call per backend in a random "
-                  "order, batch 1, median; OpenVINO PERFORMANCE_HINT=LATENCY",
+        "order, batch 1, median; OpenVINO PERFORMANCE_HINT=LATENCY",
         "calibration_images": int(len(calibration)),
-        "default_float_precision": openvino["openvino_float_default"].compiled.get_property(
-            "INFERENCE_PRECISION_HINT").get_type_name(),
+        "default_float_precision": openvino["openvino_float_default"]
+        .compiled.get_property("INFERENCE_PRECISION_HINT")
+        .get_type_name(),
         "latency_ms": {name: v["median_ms"] for name, v in latencies.items()},
         "latency_p10_ms": {name: v["p10_ms"] for name, v in latencies.items()},
         "size_bytes": sizes,
-        "conv_precisions": {name: {p: len(n) for p, n in convolution_precisions(r.compiled).items()}
-                            for name, r in openvino.items()},
+        "conv_precisions": {
+            name: {p: len(n) for p, n in convolution_precisions(r.compiled).items()}
+            for name, r in openvino.items()
+        },
     }
     median = result["latency_ms"]
-    result["ratios"] = {"ours_over_nncf": round(median[OURS] / median[NNCF], 3),
-                        "ours_over_f32": round(median[OURS] / median[F32], 3)}
+    result["ratios"] = {
+        "ours_over_nncf": round(median[OURS] / median[NNCF], 3),
+        "ours_over_f32": round(median[OURS] / median[F32], 3),
+    }
     print(table(result))
     from tfqat.fileio import atomic_write
 
@@ -187,12 +205,16 @@ def table(result) -> str:
     lines = [f"{'backend':24s} {'median ms':>10s} {'p10 ms':>8s} {'size bytes':>11s}  convs"]
     for name, ms in result["latency_ms"].items():
         convs = result["conv_precisions"].get(name, "")
-        lines.append(f"{name:24s} {ms:10.3f} {result['latency_p10_ms'][name]:8.3f} "
-                     f"{result['size_bytes'].get(name, 0):11d}  {convs}")
+        lines.append(
+            f"{name:24s} {ms:10.3f} {result['latency_p10_ms'][name]:8.3f} "
+            f"{result['size_bytes'].get(name, 0):11d}  {convs}"
+        )
     ratios = result["ratios"]
-    lines.append(f"ours/NNCF {ratios['ours_over_nncf']:.3f}   "
-                 f"ours/f32 {ratios['ours_over_f32']:.3f}   "
-                 f"(float default precision: {result['default_float_precision']})")
+    lines.append(
+        f"ours/NNCF {ratios['ours_over_nncf']:.3f}   "
+        f"ours/f32 {ratios['ours_over_f32']:.3f}   "
+        f"(float default precision: {result['default_float_precision']})"
+    )
     return "\n".join(lines)
 
 

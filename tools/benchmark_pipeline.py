@@ -40,8 +40,12 @@ def main(argv):
     paths = ensure_synthetic(FLAGS.task, image_size=max(size))
     train = load_coco(paths["train_annotations"], paths["train_images"], FLAGS.task)
     val = load_coco(paths["val_annotations"], paths["val_images"], FLAGS.task)
-    config = DetectionConfig(input_size=size, model_size=FLAGS.model_size,
-                             activation=FLAGS.activation, batch_size=FLAGS.batch_size)
+    config = DetectionConfig(
+        input_size=size,
+        model_size=FLAGS.model_size,
+        activation=FLAGS.activation,
+        batch_size=FLAGS.batch_size,
+    )
     task = DetectionTask(config, train, val)
 
     iterator = iter(task.train_dataset(0))
@@ -63,9 +67,11 @@ def main(argv):
         return loss
 
     step_rate = images_per_second(lambda: step().numpy(), FLAGS.batches // 2, FLAGS.batch_size)
-    print(f"pipeline {pipeline_rate:.0f} img/s, training step {step_rate:.1f} img/s "
-          f"({FLAGS.model_size}, {size[0]}x{size[1]}, batch {FLAGS.batch_size}): "
-          f"pipeline / step = {pipeline_rate / step_rate:.1f}x")
+    print(
+        f"pipeline {pipeline_rate:.0f} img/s, training step {step_rate:.1f} img/s "
+        f"({FLAGS.model_size}, {size[0]}x{size[1]}, batch {FLAGS.batch_size}): "
+        f"pipeline / step = {pipeline_rate / step_rate:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ def main(argv):
     from tfqat.training import ModelEMA, StageConfig, make_optimizer, make_train_step
 
     paths = recipe.dataset_paths(FLAGS)
-    train, val = (load_coco(paths[f"{s}_annotations"], paths[f"{s}_images"], FLAGS.task)
-                  for s in ("train", "val"))
+    train, val = (
+        load_coco(paths[f"{s}_annotations"], paths[f"{s}_images"], FLAGS.task)
+        for s in ("train", "val")
+    )
     task = recipe.make_task(FLAGS, train, val)
     batch = next(iter(task.train_dataset(0)))
     float_model = task.build_model()
@@ -51,8 +53,9 @@ def main(argv):
         config = StageConfig("benchmark", 1, task.steps_per_epoch, FLAGS.lr, FLAGS.optimizer)
         steps = {}
         for name, model in models.items():
-            steps[name] = make_train_step(task, model, make_optimizer(config),
-                                          ModelEMA(model, 0.9999, 200.0))
+            steps[name] = make_train_step(
+                task, model, make_optimizer(config), ModelEMA(model, 0.9999, 200.0)
+            )
             seconds_per_step(steps[name], batch, 2)  # tracing and warmup
         times = {name: [] for name in models}
         for _ in range(FLAGS.rounds):
@@ -60,8 +63,10 @@ def main(argv):
                 times[name].append(seconds_per_step(step, batch, FLAGS.steps))
     median = {name: statistics.median(t) for name, t in times.items()}
     size = "x".join(FLAGS.input_size)
-    print(f"{FLAGS.task} {FLAGS.model_size} {FLAGS.activation} {size} batch {FLAGS.batch_size}, "
-          f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps:")
+    print(
+        f"{FLAGS.task} {FLAGS.model_size} {FLAGS.activation} {size} batch {FLAGS.batch_size}, "
+        f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps:"
+    )
     for name, value in median.items():
         print(f"  {name:6s} {1000 * value:7.1f} ms/step  {value / median['float']:.2f}x float")
 

@@ -44,7 +44,6 @@ _PACKAGE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
 FLAGS = flags.FLAGS
 
 
-
 class PipUnavailable(RuntimeError):
     """pip could not install the device packages (no network to the package index?)."""
 
@@ -55,8 +54,11 @@ class PipUnavailable(RuntimeError):
 def build_wheel(wheel_dir: str) -> str:
     """tfqat's wheel, built from a copy of its sources (nothing is written in the repo)."""
     with tempfile.TemporaryDirectory() as source:
-        shutil.copytree(os.path.join(REPO, "tfqat"), os.path.join(source, "tfqat"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            os.path.join(REPO, "tfqat"),
+            os.path.join(source, "tfqat"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         for name in _PACKAGE_FILES:
             shutil.copy(os.path.join(REPO, name), source)
         _pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, source)
@@ -113,9 +115,14 @@ def _outputs_in_venv(python: str, model_path: str, image_paths, reference_kernel
     """Raw outputs from the venv's python, or (None, its error output) when it fails."""
     with tempfile.TemporaryDirectory() as scratch:
         saved = os.path.join(scratch, "raw.npz")
-        command = [python, os.path.abspath(__file__), f"--model={model_path}",
-                   f"--images={','.join(image_paths)}", f"--raw_outputs={saved}",
-                   f"--reference_kernels={reference_kernels}"]
+        command = [
+            python,
+            os.path.abspath(__file__),
+            f"--model={model_path}",
+            f"--images={','.join(image_paths)}",
+            f"--raw_outputs={saved}",
+            f"--reference_kernels={reference_kernels}",
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
             return None, result.stderr[-3000:]
@@ -166,7 +173,8 @@ def _compare(name, old_reference, old_default, reference, new_default) -> dict:
         "default_between_runtimes": largest(old_default, new_default),
     }
     row["ok"] = row["reference_kernels_between_runtimes"] == 0 and row[
-        "old_default_vs_reference"] <= max(1, row["new_default_vs_reference"])
+        "old_default_vs_reference"
+    ] <= max(1, row["new_default_vs_reference"])
     return row
 
 
@@ -184,8 +192,9 @@ def main(argv):
     scratch = tempfile.mkdtemp(prefix="tflite_runtime_214_")
     try:
         wheel = build_wheel(os.path.join(scratch, "wheel"))
-        python = make_device_venv(FLAGS.venv_dir or os.path.join(scratch, "venv"),
-                                  TFLITE_RUNTIME_214, wheel)
+        python = make_device_venv(
+            FLAGS.venv_dir or os.path.join(scratch, "venv"), TFLITE_RUNTIME_214, wheel
+        )
         report = compare_in_venv(python, FLAGS.model, FLAGS.images)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -196,8 +205,10 @@ def main(argv):
 
         atomic_write(FLAGS.output, text + "\n")
     if not report["ok"]:
-        raise SystemExit(f"{FLAGS.model}: does not run as in {report['new_runtime']} in "
-                         f"{report['old_runtime']}; see the report above")
+        raise SystemExit(
+            f"{FLAGS.model}: does not run as in {report['new_runtime']} in "
+            f"{report['old_runtime']}; see the report above"
+        )
 
 
 def define_flags():

@@ -24,8 +24,11 @@ from tfqat.report import gzip_size
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pruned", None, "The pruned (PQAT) int8 .tflite.")
 flags.DEFINE_string("dense", None, "The dense int8 .tflite to compare with.")
-flags.DEFINE_list("exclude", list(DEFAULT_EXCLUDE),
-                  "Layer-name patterns the prune stage keeps dense (recipe --prune_exclude).")
+flags.DEFINE_list(
+    "exclude",
+    list(DEFAULT_EXCLUDE),
+    "Layer-name patterns the prune stage keeps dense (recipe --prune_exclude).",
+)
 flags.mark_flags_as_required(["pruned", "dense"])
 
 
@@ -47,8 +50,10 @@ def entropy_bits(values: np.ndarray) -> float:
 
 def count(tensors: dict) -> tuple[int, int]:
     """(weights, exact zeros) over `tensors`."""
-    return (sum(v.size for v in tensors.values()),
-            sum(int(np.count_nonzero(v == 0)) for v in tensors.values()))
+    return (
+        sum(v.size for v in tensors.values()),
+        sum(int(np.count_nonzero(v == 0)) for v in tensors.values()),
+    )
 
 
 def main(argv):
@@ -58,26 +63,32 @@ def main(argv):
         with open(path, "rb") as f:
             data[name] = f.read()
     weights = {name: weight_tensors(content) for name, content in data.items()}
-    prunable = {name: {t: v for t, v in found.items() if is_prunable(t)}
-                for name, found in weights.items()}
+    prunable = {
+        name: {t: v for t, v in found.items() if is_prunable(t)} for name, found in weights.items()
+    }
     kept = {t: v for t, v in weights["pruned"].items() if not is_prunable(t)}
     size, zeros = count(prunable["pruned"])
     kept_size, kept_zeros = count(kept)
-    print(f"prunable kernels: {size} weights, {zeros / size:.4f} exact zeros; kept dense "
-          f"({kept_size} weights, {kept_zeros / max(kept_size, 1):.4f} zeros): "
-          f"{', '.join(sorted(layer_name(t) for t in kept))}")
+    print(
+        f"prunable kernels: {size} weights, {zeros / size:.4f} exact zeros; kept dense "
+        f"({kept_size} weights, {kept_zeros / max(kept_size, 1):.4f} zeros): "
+        f"{', '.join(sorted(layer_name(t) for t in kept))}"
+    )
     # Per layer: each tensor has its own per-channel scales, so its own value statistics.
-    bits = {name: sum(entropy_bits(v) for v in found.values())
-            for name, found in prunable.items()}
+    bits = {name: sum(entropy_bits(v) for v in found.values()) for name, found in prunable.items()}
     sizes = {name: count(found)[0] for name, found in prunable.items()}
-    print(f"order-0 entropy of the prunable int8 weights: pruned "
-          f"{bits['pruned'] / sizes['pruned']:.2f} bits/weight, dense "
-          f"{bits['dense'] / sizes['dense']:.2f} bits/weight (ideal-coder ratio "
-          f"{bits['pruned'] / bits['dense']:.3f})")
+    print(
+        f"order-0 entropy of the prunable int8 weights: pruned "
+        f"{bits['pruned'] / sizes['pruned']:.2f} bits/weight, dense "
+        f"{bits['dense'] / sizes['dense']:.2f} bits/weight (ideal-coder ratio "
+        f"{bits['pruned'] / bits['dense']:.3f})"
+    )
     packed = {name: gzip_size(d) for name, d in data.items()}
-    print(f"gzip -9: pruned {packed['pruned']} B, dense {packed['dense']} B, ratio "
-          f"{packed['pruned'] / packed['dense']:.3f} (raw {len(data['pruned'])} / "
-          f"{len(data['dense'])} B)")
+    print(
+        f"gzip -9: pruned {packed['pruned']} B, dense {packed['dense']} B, ratio "
+        f"{packed['pruned'] / packed['dense']:.3f} (raw {len(data['pruned'])} / "
+        f"{len(data['dense'])} B)"
+    )
 
 
 if __name__ == "__main__":

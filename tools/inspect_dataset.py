@@ -32,9 +32,13 @@ flags.DEFINE_integer(
 flags.DEFINE_string("out", None, "Output folder for --show.")
 flags.DEFINE_list("input_size", ["256"], "Model input size for --show: SIZE or HEIGHT,WIDTH.")
 flags.DEFINE_integer("seed", 0, "Random seed of the augmentations drawn for --show.")
-flags.DEFINE_bool("exif_transpose", False, "Apply EXIF orientation when decoding (COCO's sizes do not).")
+flags.DEFINE_bool(
+    "exif_transpose", False, "Apply EXIF orientation when decoding (COCO's sizes do not)."
+)
 flags.DEFINE_enum(
-    "annotation_problems", "error", list(ANNOTATION_PROBLEM_MODES),
+    "annotation_problems",
+    "error",
+    list(ANNOTATION_PROBLEM_MODES),
     "error: a bad annotation fails the dataset; warn: drop it and count it.",
 )
 flags.mark_flags_as_required(["task", "annotations", "images"])

@@ -48,9 +48,13 @@ def main(argv):
     for split in ("train", "val"):
         with open(paths[f"{split}_annotations"]) as f:
             coco = json.load(f)
-        counts.append(f"{split} {len(coco['images'])} images / {len(coco['annotations'])} annotations")
+        counts.append(
+            f"{split} {len(coco['images'])} images / {len(coco['annotations'])} annotations"
+        )
     seconds = time.perf_counter() - start
-    print(f"{FLAGS.task} dataset in {os.path.abspath(FLAGS.out)}: {', '.join(counts)}; {seconds:.1f}s")
+    print(
+        f"{FLAGS.task} dataset in {os.path.abspath(FLAGS.out)}: {', '.join(counts)}; {seconds:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -29,11 +29,17 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Exported .tflite, .onnx or OpenVINO .xml file.")
 flags.DEFINE_string("image", None, "Image file to run the model on.")
 flags.DEFINE_string("output", None, "PNG file to write with the predictions drawn.")
-flags.DEFINE_float("score_threshold", None,
-                   "Detections below this score are dropped (default: the model's metadata); for "
-                   "pose, keypoints below it are not drawn.")
-flags.DEFINE_string("boxes", None, "Pose: person boxes 'x1,y1,x2,y2;...' in image pixels "
-                    "(default: the whole image).")
+flags.DEFINE_float(
+    "score_threshold",
+    None,
+    "Detections below this score are dropped (default: the model's metadata); for "
+    "pose, keypoints below it are not drawn.",
+)
+flags.DEFINE_string(
+    "boxes",
+    None,
+    "Pose: person boxes 'x1,y1,x2,y2;...' in image pixels (default: the whole image).",
+)
 flags.DEFINE_integer("num_threads", 2, "Runtime threads.", lower_bound=1)
 flags.mark_flags_as_required(["model", "image", "output"])
 
@@ -51,15 +57,26 @@ def parse_boxes(text: str) -> np.ndarray:
 
 def draw_detections(image, detections, names):
     boxes = np.array([d["box"] for d in detections], np.float32).reshape(-1, 4)
-    return draw_boxes(image, boxes, [d["label"] for d in detections], names,
-                      scores=[d["score"] for d in detections])
+    return draw_boxes(
+        image,
+        boxes,
+        [d["label"] for d in detections],
+        names,
+        scores=[d["score"] for d in detections],
+    )
 
 
 def draw_people(image, people, names, skeleton, threshold):
-    picture = draw_boxes(image, np.array([p["box"] for p in people]).reshape(-1, 4),
-                         [0] * len(people), names, scores=[p["score"] for p in people])
-    return draw_keypoints(picture, np.array([p["keypoints"] for p in people]), skeleton,
-                          threshold=threshold)
+    picture = draw_boxes(
+        image,
+        np.array([p["box"] for p in people]).reshape(-1, 4),
+        [0] * len(people),
+        names,
+        scores=[p["score"] for p in people],
+    )
+    return draw_keypoints(
+        picture, np.array([p["keypoints"] for p in people]), skeleton, threshold=threshold
+    )
 
 
 def predict(predictor, image, score_threshold=None, person_boxes=None):
@@ -89,8 +106,11 @@ def main(argv):
     atomic_write(FLAGS.output, png.getvalue())
     for result in results:
         print(json.dumps(result))
-    print(f"{len(results)} {'detections' if predictor.task == 'detection' else 'people'} "
-          f"-> {FLAGS.output}", file=sys.stderr)
+    print(
+        f"{len(results)} {'detections' if predictor.task == 'detection' else 'people'} "
+        f"-> {FLAGS.output}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ class CocoDataset:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("TFQAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tfqat")
+    return os.environ.get("TFQAT_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tfqat"
+    )
 
 
 def decode_image(path: str, exif_transpose: bool = False) -> np.ndarray:
@@ -232,7 +234,13 @@ def _top_level_sections(data: object, problems: _Problems) -> tuple[list, list, 
 
 
 def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
     return names.get(type(value), "a number")
 
 
@@ -318,7 +326,9 @@ def _category_ref(index: int, cat: object) -> str:
 def _category_record_problem(cat: object, task: str) -> str | None:
     if not isinstance(cat, dict):
         return f"must be an object, got {_json_type(cat)}"
-    missing = _missing_keys(cat, _REQUIRED_CATEGORY_KEYS + (("keypoints",) if task == "pose" else ()))
+    missing = _missing_keys(
+        cat, _REQUIRED_CATEGORY_KEYS + (("keypoints",) if task == "pose" else ())
+    )
     if missing:
         return f"missing key(s) {missing}"
     if not _is_int(cat["id"]):
@@ -355,8 +365,10 @@ def _pose_definition(cats: list[dict], problems: _Problems) -> tuple[list[str], 
 
 def _valid_skeleton(skeleton: object, num_keypoints: int) -> bool:
     def valid_pair(pair: object) -> bool:
-        return isinstance(pair, list) and len(pair) == 2 and all(
-            _is_int(i) and 1 <= i <= num_keypoints for i in pair
+        return (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(_is_int(i) and 1 <= i <= num_keypoints for i in pair)
         )
 
     return isinstance(skeleton, list) and all(valid_pair(pair) for pair in skeleton)
@@ -518,7 +530,10 @@ def _parse_annotation(
     box, clipped = _clip_box(ann["bbox"], image.width, image.height)
     if box is None:
         found.append(
-            ("bad_box", f"{ref}: bbox {ann['bbox']} lies outside the {image.width}x{image.height} image")
+            (
+                "bad_box",
+                f"{ref}: bbox {ann['bbox']} lies outside the {image.width}x{image.height} image",
+            )
         )
         return None
     if crowd:
@@ -628,7 +643,9 @@ def _require_strict_decoding() -> None:
     """Truncated images are only detected while PIL's LOAD_TRUNCATED_IMAGES is off; a library may
     have switched it on for the whole process."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; set it to False to detect truncation")
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; set it to False to detect truncation"
+        )
         ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 

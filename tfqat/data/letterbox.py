@@ -45,7 +45,9 @@ def boxes_to_image(boxes_xyxy: np.ndarray, lb: Letterbox) -> np.ndarray:
     return out
 
 
-def letterbox_image(image: np.ndarray, out_height: int, out_width: int) -> tuple[np.ndarray, Letterbox]:
+def letterbox_image(
+    image: np.ndarray, out_height: int, out_width: int
+) -> tuple[np.ndarray, Letterbox]:
     """Resizes an HxWx3 uint8 image into the letterboxed model input (uint8), with PIL."""
     from PIL import Image
 

@@ -256,7 +256,9 @@ def _keypoints_to_crop(keypoints, crop_to_image, flipped, flip_index):
 # === Looking at what the model is fed ===
 
 
-def render_samples(dataset: CocoDataset, task: str, n: int, out_dir: str, input_size, seed: int = 0):
+def render_samples(
+    dataset: CocoDataset, task: str, n: int, out_dir: str, input_size, seed: int = 0
+):
     """Writes `n` PNGs of training batches after augmentation, with targets drawn."""
     import os
 
@@ -269,7 +271,9 @@ def render_samples(dataset: CocoDataset, task: str, n: int, out_dir: str, input_
         elements = ((im, t) for images, t in ds for im, t in _unbatch_detection(images, t))
     else:
         ds = pose_dataset(dataset, input_size, batch, training=True, seed=seed)
-        elements = ((im, k) for b in ds for im, k in zip(b["images"].numpy(), b["keypoints"].numpy()))
+        elements = (
+            (im, k) for b in ds for im, k in zip(b["images"].numpy(), b["keypoints"].numpy())
+        )
     written = []
     for i, (image, target) in enumerate(elements):
         if i >= n:

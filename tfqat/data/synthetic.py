@@ -136,7 +136,9 @@ def ensure_synthetic(
         try:
             make(out_dir, num_train=num_train, num_val=num_val, seed=seed, image_size=image_size)
         except FileExistsError:
-            if not os.path.isfile(paths["val_annotations"]):  # not a concurrent run that finished first
+            if not os.path.isfile(
+                paths["val_annotations"]
+            ):  # not a concurrent run that finished first
                 raise
     return paths
 
@@ -233,11 +235,15 @@ def _render_split(job: dict) -> list[list[dict]]:
         stack.callback(_stop, workers)
         command = [sys.executable, "-c", _WORKER_COMMAND, json.dumps(job), str(_WORKERS)]
         for worker, output in enumerate(outputs):
-            process = subprocess.Popen([*command, str(worker)], stdout=output, env=_worker_environment())
+            process = subprocess.Popen(
+                [*command, str(worker)], stdout=output, env=_worker_environment()
+            )
             workers.append(process)
         for worker in workers:
             if worker.wait() != 0:
-                raise RuntimeError(f"a synthetic-data worker failed with exit code {worker.returncode}")
+                raise RuntimeError(
+                    f"a synthetic-data worker failed with exit code {worker.returncode}"
+                )
         per_worker = []
         for output in outputs:
             output.seek(0)
@@ -252,7 +258,9 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-_WORKER_COMMAND = "import sys; from tfqat.data.synthetic import _run_worker; _run_worker(*sys.argv[1:])"
+_WORKER_COMMAND = (
+    "import sys; from tfqat.data.synthetic import _run_worker; _run_worker(*sys.argv[1:])"
+)
 
 
 def _worker_environment() -> dict:
@@ -317,7 +325,11 @@ def _coco_dict(task: str, objects_per_image: list[list[dict]], image_size: int) 
             "date_created": "2025-01-01",
         },
         "licenses": [
-            {"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
+            {
+                "id": 1,
+                "name": "CC0 1.0",
+                "url": "https://creativecommons.org/publicdomain/zero/1.0/",
+            }
         ],
         "images": images,
         "annotations": annotations,
@@ -470,7 +482,9 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))
 
 
-def _contrasting_colour(rng: np.random.Generator, reference: np.ndarray, min_distance: float = 70.0):
+def _contrasting_colour(
+    rng: np.random.Generator, reference: np.ndarray, min_distance: float = 70.0
+):
     """A random colour at least `min_distance` (RGB) from `reference`, so objects stay visible."""
     colour = _random_colour(rng)
     for _ in range(20):
@@ -610,14 +624,20 @@ def _detection_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, l
     _draw_clutter(canvas, rng, int(rng.integers(0, 3)), scale * 0.5, owner=-1)
     visible = np.bincount(canvas.owner[canvas.owner > 0], minlength=len(shapes) + 1)[1:]
     objects = [
-        {"category_id": shape.category_id, "bbox": shape.bbox, "area": round(shape.pixels / _SS**2, 2)}
+        {
+            "category_id": shape.category_id,
+            "bbox": shape.bbox,
+            "area": round(shape.pixels / _SS**2, 2),
+        }
         for shape, pixels in zip(shapes, visible)
         if pixels >= _MIN_VISIBLE_LABELED * shape.pixels
     ]
     return canvas.finish(rng), objects
 
 
-def _place_shape(canvas: _Canvas, rng: np.random.Generator, scale: float, shapes: list[_Shape]) -> None:
+def _place_shape(
+    canvas: _Canvas, rng: np.random.Generator, scale: float, shapes: list[_Shape]
+) -> None:
     """Draws a random shape where it leaves every earlier one mostly visible and appends it to
     `shapes`; draws nothing when no such place is found."""
     class_index = int(rng.integers(len(DETECTION_CLASSES)))
@@ -637,7 +657,9 @@ def _place_shape(canvas: _Canvas, rng: np.random.Generator, scale: float, shapes
         if under.size < _MIN_INSIDE * mask.pixels.sum():
             continue
         covered = np.bincount(under[under > 0], minlength=len(shapes) + 1)[1:]
-        if any(shape.visible - c < _MIN_VISIBLE * shape.pixels for shape, c in zip(shapes, covered)):
+        if any(
+            shape.visible - c < _MIN_VISIBLE * shape.pixels for shape, c in zip(shapes, covered)
+        ):
             continue
         for shape, c in zip(shapes, covered):
             shape.visible -= int(c)
@@ -760,7 +782,11 @@ def _random_view(rng: np.random.Generator) -> _View:
     up = _unit(-np.pi / 2 + rng.normal(0, 0.15))
     across = np.array([-up[1], up[0]])
     if kind == "profile":
-        facing, side, width = int(rng.choice([-1, 1])), int(rng.choice([-1, 1])), rng.uniform(0.1, 0.3)
+        facing, side, width = (
+            int(rng.choice([-1, 1])),
+            int(rng.choice([-1, 1])),
+            rng.uniform(0.1, 0.3),
+        )
     else:
         facing, side, width = 0, (1 if kind == "front" else -1), rng.uniform(0.8, 1.0)
     return _View(facing, kind == "back", width, up, across, across * side)
@@ -824,14 +850,20 @@ def _head(rng, view: _View, kp: np.ndarray, labeled: np.ndarray, neck, h: float)
         return _Piece([_ellipse(point, radius, radius, n=12)], colour)
 
     def ear(point, is_left: bool) -> _Piece:
-        return _Piece([_ellipse(point, 0.24 * rx, 0.3 * ry, angle, n=16)], _side_colour(rng, is_left))
+        return _Piece(
+            [_ellipse(point, 0.24 * rx, 0.3 * ry, angle, n=16)], _side_colour(rng, is_left)
+        )
 
     neck_piece = _Piece([_capsule(neck, centre, 0.03 * h)], skin)
     if view.facing:
         f = view.facing
         near_ear = RIGHT_EAR if f == 1 else LEFT_EAR  # facing image-right shows the right side
         near_eye, far_ear = near_ear - 2, LEFT_EAR + RIGHT_EAR - near_ear
-        kp[NOSE], kp[near_eye], kp[near_ear] = at(1.08 * f, -0.05), at(0.55 * f, 0.2), at(-0.1 * f, 0.05)
+        kp[NOSE], kp[near_eye], kp[near_ear] = (
+            at(1.08 * f, -0.05),
+            at(0.55 * f, 0.2),
+            at(-0.1 * f, 0.05),
+        )
         labeled[[far_ear - 2, far_ear]] = False
         nose = _ellipse(at(0.95 * f, -0.05), 0.22 * rx, 0.16 * ry, angle)
         head = _Piece([_ellipse(centre, rx, ry, angle), nose], skin)
@@ -848,7 +880,11 @@ def _head(rng, view: _View, kp: np.ndarray, labeled: np.ndarray, neck, h: float)
         labeled[[NOSE, LEFT_EYE, RIGHT_EYE]] = False
         hair = _hsv(rng.uniform(0.0, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.35))
         return [neck_piece, *ears, _Piece([_ellipse(centre, rx, ry, angle)], hair)]
-    kp[NOSE], kp[LEFT_EYE], kp[RIGHT_EYE] = at(0, -0.15), at(0.38 * side, 0.18), at(-0.38 * side, 0.18)
+    kp[NOSE], kp[LEFT_EYE], kp[RIGHT_EYE] = (
+        at(0, -0.15),
+        at(0.38 * side, 0.18),
+        at(-0.38 * side, 0.18),
+    )
     return [
         neck_piece,
         *ears,
@@ -943,7 +979,9 @@ def _draw_occluders(canvas: _Canvas, rng: np.random.Generator, figures: list[_Fi
         half = rng.uniform(0.06, 0.16, 2) * max(body_height, 40)
         if rng.random() < 0.5:
             outline = (
-                _rotate(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half, rng.uniform(0, np.pi))
+                _rotate(
+                    np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half, rng.uniform(0, np.pi)
+                )
                 + centre
             )
         else:
@@ -974,7 +1012,9 @@ def _person_annotation(
     }
 
 
-def _visibility(canvas: _Canvas, figure: _Figure, k: int, x: float, y: float, owner_base: int) -> int:
+def _visibility(
+    canvas: _Canvas, figure: _Figure, k: int, x: float, y: float, owner_base: int
+) -> int:
     """COCO visibility: 0 unlabeled (outside or hidden by the view), 1 occluded, 2 visible."""
     limit = canvas.size / _SS
     if not figure.labeled[k] or not (0 <= x < limit and 0 <= y < limit):

@@ -33,8 +33,9 @@ def main(argv):
     run = runner.load_run(os.path.abspath(FLAGS.model_dir))
     models = runner.restore_export_models(run)
     calibration = run.task.preprocessed_images(run.options.calibration_images)
-    rows, parity, problems = export_and_evaluate(run.task, models, run.model_dir, calibration,
-                                                 run.options.min_output_levels)
+    rows, parity, problems = export_and_evaluate(
+        run.task, models, run.model_dir, calibration, run.options.min_output_levels
+    )
     report = report_lib.load_report(run.model_dir) or runner.new_report(run.task, run.paths, [])
     report["parity"] = parity
     for row in rows:

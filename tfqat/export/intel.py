@@ -49,6 +49,7 @@ _INTEGER_TYPES = (2, 3)  # onnx.TensorProto.UINT8, INT8
 
 # === ONNX graph helpers ===
 
+
 class _Graph:
     """Producer / consumer / initializer lookups over an onnx GraphProto, kept in sync by hand."""
 
@@ -92,23 +93,27 @@ class _Graph:
                 return consumer.input[1], consumer.input[2]
             if consumer.op_type in ("Transpose", "Reshape"):
                 return self.quantization_of(consumer.output[0])
-        raise ExportValidationError(f"tensor {name!r}: no QuantizeLinear/DequantizeLinear gives "
-                                    "its scale and zero point")
+        raise ExportValidationError(
+            f"tensor {name!r}: no QuantizeLinear/DequantizeLinear gives its scale and zero point"
+        )
 
 
 def _dequantize_node(graph: _Graph, tensor, scale, zero_point):
     from onnx import helper
 
     output = graph.unique(f"{tensor}_dequant")
-    return helper.make_node("DequantizeLinear", [tensor, scale, zero_point], [output],
-                            name=output)
+    return helper.make_node("DequantizeLinear", [tensor, scale, zero_point], [output], name=output)
 
 
 def _quantize_node(graph: _Graph, tensor, scale, zero_point, output):
     from onnx import helper
 
-    return helper.make_node("QuantizeLinear", [tensor, scale, zero_point], [output],
-                            name=graph.unique(f"{output}_quantize"))
+    return helper.make_node(
+        "QuantizeLinear",
+        [tensor, scale, zero_point],
+        [output],
+        name=graph.unique(f"{output}_quantize"),
+    )
 
 
 def _insert_after(graph_proto, anchor, node):
@@ -123,6 +128,7 @@ def _insert_before(graph_proto, anchor, nodes):
 
 
 # === Rewrites ===
+
 
 def float_concats(model) -> list[str]:
     """Rewrites every Concat of integer tensors into DQ per input -> float Concat -> Q.
@@ -152,8 +158,11 @@ def float_concats(model) -> list[str]:
         integer_output, float_output = node.output[0], graph.unique(f"{node.output[0]}_float")
         node.output[0] = float_output
         _insert_before(model.graph, node, added)
-        _insert_after(model.graph, node, _quantize_node(graph, float_output, *output_quantization,
-                                                        integer_output))
+        _insert_after(
+            model.graph,
+            node,
+            _quantize_node(graph, float_output, *output_quantization, integer_output),
+        )
         if all(_same_values(graph, q, output_quantization) for q in input_quantizations):
             _bypass_dequantizers(graph, integer_output, float_output, output_quantization)
         rewritten.append(node.name)
@@ -177,8 +186,10 @@ def shared_concat_scales(model) -> list[str]:
     removed = []
     for requantize in list(model.graph.node):
         readers = graph.consumers[requantize.output[0]]
-        if requantize.op_type != "QuantizeLinear" or not readers or any(
-            r.op_type != "Concat" for r in readers
+        if (
+            requantize.op_type != "QuantizeLinear"
+            or not readers
+            or any(r.op_type != "Concat" for r in readers)
         ):
             continue
         dequantize = graph.producer.get(requantize.input[0])
@@ -192,8 +203,9 @@ def shared_concat_scales(model) -> list[str]:
             if reader.op_type == "DequantizeLinear":
                 reader.input[1:3] = requantize.input[1:3]
         for reader in readers:
-            reader.input[:] = [original.output[0] if i == requantize.output[0] else i
-                               for i in reader.input]
+            reader.input[:] = [
+                original.output[0] if i == requantize.output[0] else i for i in reader.input
+            ]
         graph.consumers[original.output[0]].extend(readers)
         removed.append(requantize.name)
     _remove_dead_nodes(model)
@@ -206,8 +218,10 @@ def _existing_dequantize(graph: _Graph, name: str):
 
 def _same_values(graph: _Graph, names_a, names_b) -> bool:
     """Whether two tuples of initializer names hold equal values (scale, zero point)."""
-    return all(np.array_equal(_initializer(graph, a), _initializer(graph, b))
-               for a, b in zip(names_a, names_b))
+    return all(
+        np.array_equal(_initializer(graph, a), _initializer(graph, b))
+        for a, b in zip(names_a, names_b)
+    )
 
 
 def _bypass_dequantizers(graph: _Graph, integer, float_tensor, quantization):
@@ -218,8 +232,9 @@ def _bypass_dequantizers(graph: _Graph, integer, float_tensor, quantization):
         ):
             continue
         for reader in graph.consumers[dequantize.output[0]]:
-            reader.input[:] = [float_tensor if i == dequantize.output[0] else i
-                               for i in reader.input]
+            reader.input[:] = [
+                float_tensor if i == dequantize.output[0] else i for i in reader.input
+            ]
 
 
 def float_input(model) -> list[str]:
@@ -240,8 +255,9 @@ def float_input(model) -> list[str]:
     for tensor, dequantize in _dequantizers_through_layout_ops(graph, graph_input.name):
         quantized = graph.unique(f"{tensor}_quantized")
         dequantize.input[0] = quantized
-        quantize = _quantize_node(graph, tensor, dequantize.input[1], dequantize.input[2],
-                                  quantized)
+        quantize = _quantize_node(
+            graph, tensor, dequantize.input[1], dequantize.input[2], quantized
+        )
         _insert_before(model.graph, dequantize, [quantize])
         fed.append(dequantize.name)
     graph_input.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -291,8 +307,9 @@ def float_outputs(model) -> list[str]:
         if quantize.output[0] == graph_output.name:
             quantize.op_type, quantize.input[:] = "Identity", quantize.input[:1]
         for consumer in graph.consumers[quantize.output[0]]:
-            consumer.input[:] = [quantize.input[0] if i == quantize.output[0] else i
-                                 for i in consumer.input]
+            consumer.input[:] = [
+                quantize.input[0] if i == quantize.output[0] else i for i in consumer.input
+            ]
         graph_output.type.tensor_type.elem_type = TensorProto.FLOAT
     _remove_dead_nodes(model)
     return names
@@ -304,8 +321,9 @@ def _unquantized_source(graph: _Graph, name: str):
     if dequantize is None or dequantize.op_type != "DequantizeLinear":
         return None
     quantize = graph.producer.get(dequantize.input[0])
-    return quantize.input[0] if quantize is not None and quantize.op_type == "QuantizeLinear" \
-        else None
+    return (
+        quantize.input[0] if quantize is not None and quantize.op_type == "QuantizeLinear" else None
+    )
 
 
 def float_silus(model) -> list[str]:
@@ -375,12 +393,16 @@ def seven_bit_first_convolutions(model) -> list[str]:
             weights_dq = graph.producer[conv.input[1]]
             weights, scale = (_initializer(graph, n) for n in weights_dq.input[:2])
             seven_bit = np.clip(np.round(weights.astype(np.float32) / 2), -64, 63)
-            names = [graph.unique(f"{weights_dq.input[0]}_7bit"),
-                     graph.unique(f"{conv.name}_scale")]
-            model.graph.initializer.extend([
-                numpy_helper.from_array(seven_bit.astype(weights.dtype), names[0]),
-                numpy_helper.from_array((scale * 2).astype(scale.dtype), names[1]),
-            ])
+            names = [
+                graph.unique(f"{weights_dq.input[0]}_7bit"),
+                graph.unique(f"{conv.name}_scale"),
+            ]
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(seven_bit.astype(weights.dtype), names[0]),
+                    numpy_helper.from_array((scale * 2).astype(scale.dtype), names[1]),
+                ]
+            )
             weights_dq.input[0], weights_dq.input[1] = names
             rewritten.append(conv.name)
     _remove_dead_nodes(model)
@@ -422,30 +444,46 @@ def saturation_safe_weights(model, input_maxima=None) -> list[str]:
     rewritten = []
     for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
         weights_dq = graph.producer.get(conv.input[1])
-        if (weights_dq is None or weights_dq.op_type != "DequantizeLinear"
-                or weights_dq.input[0] not in graph.initializers
-                or _attribute(conv, "group", 1) != 1
-                or _reads_tensor(graph, conv.input[0], graph_input.name)):
+        if (
+            weights_dq is None
+            or weights_dq.op_type != "DequantizeLinear"
+            or weights_dq.input[0] not in graph.initializers
+            or _attribute(conv, "group", 1) != 1
+            or _reads_tensor(graph, conv.input[0], graph_input.name)
+        ):
             continue
         weights, scale = (_initializer(graph, n) for n in weights_dq.input[:2])
-        zero_point = (_initializer(graph, weights_dq.input[2])
-                      if len(weights_dq.input) > 2 and weights_dq.input[2] else 0)
-        if (weights.dtype != np.int8 or weights.ndim != 4 or np.any(zero_point != 0)
-                or (scale.ndim == 1 and _attribute(weights_dq, "axis", 1) != 0)):
+        zero_point = (
+            _initializer(graph, weights_dq.input[2])
+            if len(weights_dq.input) > 2 and weights_dq.input[2]
+            else 0
+        )
+        if (
+            weights.dtype != np.int8
+            or weights.ndim != 4
+            or np.any(zero_point != 0)
+            or (scale.ndim == 1 and _attribute(weights_dq, "axis", 1) != 0)
+        ):
             continue
         maxima = (input_maxima or {}).get(conv.name)
         maxima = np.full(weights.shape[1], 255.0) if maxima is None else np.asarray(maxima, float)
         fitted, factors = _fit_pairs_to_int16(weights, maxima)
         if fitted is None:
             continue
-        names = [graph.unique(f"{weights_dq.input[0]}_int16_safe"),
-                 graph.unique(f"{conv.name}_scale"), graph.unique(f"{conv.name}_zero_point")]
-        model.graph.initializer.extend([
-            numpy_helper.from_array(fitted, names[0]),
-            numpy_helper.from_array((np.broadcast_to(scale, factors.shape) * factors)
-                                    .astype(scale.dtype), names[1]),
-            numpy_helper.from_array(np.zeros(len(factors), np.int8), names[2]),
-        ])
+        names = [
+            graph.unique(f"{weights_dq.input[0]}_int16_safe"),
+            graph.unique(f"{conv.name}_scale"),
+            graph.unique(f"{conv.name}_zero_point"),
+        ]
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(fitted, names[0]),
+                numpy_helper.from_array(
+                    (np.broadcast_to(scale, factors.shape) * factors).astype(scale.dtype), names[1]
+                ),
+                numpy_helper.from_array(np.zeros(len(factors), np.int8), names[2]),
+            ]
+        )
         weights_dq.input[:] = names
         _set_attribute(weights_dq, "axis", 0)
         rewritten.append(conv.name)
@@ -466,8 +504,10 @@ def _fit_pairs_to_int16(weights, maxima):
     def worst_pairs(w):  # [O]: the largest same-sign pair sum at the u8 maxima
         products = maxima * w
         positive, negative = np.maximum(products, 0), np.minimum(products, 0)
-        return np.maximum((positive[:, 0::2] + positive[:, 1::2]).reshape(len(w), -1).max(1),
-                          -(negative[:, 0::2] + negative[:, 1::2]).reshape(len(w), -1).min(1))
+        return np.maximum(
+            (positive[:, 0::2] + positive[:, 1::2]).reshape(len(w), -1).max(1),
+            -(negative[:, 0::2] + negative[:, 1::2]).reshape(len(w), -1).min(1),
+        )
 
     loads = worst_pairs(weights)
     if not np.any(loads > _INT16_PAIR_LIMIT):
@@ -475,7 +515,7 @@ def _fit_pairs_to_int16(weights, maxima):
     fitted, factors = weights.copy(), np.ones(len(weights))
     for o in np.nonzero(loads > _INT16_PAIR_LIMIT)[0]:
         factor = loads[o] / _INT16_PAIR_LIMIT
-        while worst_pairs(np.round(weights[o:o + 1] / factor))[0] > _INT16_PAIR_LIMIT:
+        while worst_pairs(np.round(weights[o : o + 1] / factor))[0] > _INT16_PAIR_LIMIT:
             factor *= 1.002  # rounding a weight up can push its pair back over
         fitted[o], factors[o] = np.round(weights[o] / factor), factor
     return fitted[:, :in_channels].astype(np.int8), factors
@@ -484,8 +524,7 @@ def _fit_pairs_to_int16(weights, maxima):
 def _attribute(node, name, default):
     from onnx import helper
 
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
-                default)
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _set_attribute(node, name, value):
@@ -500,8 +539,12 @@ def _reads_tensor(graph: _Graph, name: str, source: str) -> bool:
     """Whether `name` is `source` seen through DequantizeLinear/QuantizeLinear/layout ops."""
     while name != source:
         node = graph.producer.get(name)
-        if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear",
-                                                "Transpose", "Reshape"):
+        if node is None or node.op_type not in (
+            "DequantizeLinear",
+            "QuantizeLinear",
+            "Transpose",
+            "Reshape",
+        ):
             return False
         name = node.input[0]
     return True
@@ -511,13 +554,17 @@ def _activation_quantization(graph: _Graph, name: str):
     """(scale, zero point) arrays of a float tensor on an int8/uint8 grid: a DequantizeLinear
     output, or a float Concat/MaxPool/Resize/layout op of such (their inputs share it)."""
     node = graph.producer.get(name)
-    while node is not None and node.op_type in ("Concat", "MaxPool", "Resize", "Transpose",
-                                                "Reshape"):
+    while node is not None and node.op_type in (
+        "Concat",
+        "MaxPool",
+        "Resize",
+        "Transpose",
+        "Reshape",
+    ):
         node = graph.producer.get(node.input[0])
     if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
         return None
-    values = [_initializer(graph, i) if i in graph.initializers else None
-              for i in node.input[1:3]]
+    values = [_initializer(graph, i) if i in graph.initializers else None for i in node.input[1:3]]
     if any(v is None or v.size != 1 for v in values):
         return None
     return values
@@ -566,22 +613,25 @@ def _intermediate_values(model, tensors, elem_type, images):
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(t, elem_type, None)
-                              for t in tensors if t not in outputs)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, elem_type, None) for t in tensors if t not in outputs
+    )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     (model_input,) = session.get_inputs()
     dtype = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
     for image in quantize_pixels(images, dtype):
         yield dict(zip(tensors, session.run(tensors, {model_input.name: image[None]})))
 
 
-def rewrite_for_openvino(model, seven_bit_first_layer: bool = True,
-                         calibration_images=None) -> dict:
+def rewrite_for_openvino(
+    model, seven_bit_first_layer: bool = True, calibration_images=None
+) -> dict:
     """Applies the rewrites of the module docstring in place; returns what each one touched.
 
     `seven_bit_first_layer`: see `seven_bit_first_convolutions` (on by default, as in NNCF).
@@ -606,8 +656,10 @@ def rewrite_for_openvino(model, seven_bit_first_layer: bool = True,
 
 # === Conversion ===
 
-def tflite_to_onnx(tflite_path, onnx_path, seven_bit_first_layer: bool = True,
-                   calibration_images=None) -> dict:
+
+def tflite_to_onnx(
+    tflite_path, onnx_path, seven_bit_first_layer: bool = True, calibration_images=None
+) -> dict:
     """A .tflite file -> .onnx, rewritten for OpenVINO (`rewrite_for_openvino`, with
     `calibration_images`), checked (`check_onnx_int8`) and written atomically.
 
@@ -620,8 +672,11 @@ def tflite_to_onnx(tflite_path, onnx_path, seven_bit_first_layer: bool = True,
     summary.update(check_onnx_int8(model))
     data = model.SerializeToString()
     atomic_write(os.fspath(onnx_path), data)
-    summary.update(path=os.fspath(onnx_path), size_bytes=len(data),
-                   output_names=[o.name for o in model.graph.output])
+    summary.update(
+        path=os.fspath(onnx_path),
+        size_bytes=len(data),
+        output_names=[o.name for o in model.graph.output],
+    )
     return summary
 
 
@@ -657,8 +712,12 @@ def _save_ir(model, xml_path, compress_to_fp16=False) -> dict:
     ov.save_model(model, f"{tmp}.xml", compress_to_fp16=compress_to_fp16)
     os.replace(f"{tmp}.bin", f"{base}.bin")
     os.replace(f"{tmp}.xml", xml_path)
-    return {"xml": xml_path, "bin": f"{base}.bin", "bin_bytes": os.path.getsize(f"{base}.bin"),
-            "input_shape": [d.get_length() for d in model.inputs[0].get_partial_shape()]}
+    return {
+        "xml": xml_path,
+        "bin": f"{base}.bin",
+        "bin_bytes": os.path.getsize(f"{base}.bin"),
+        "input_shape": [d.get_length() for d in model.inputs[0].get_partial_shape()],
+    }
 
 
 def tflite_to_openvino_float(tflite_path, xml_path) -> dict:
@@ -682,6 +741,7 @@ def tflite_to_openvino_float(tflite_path, xml_path) -> dict:
 
 # === Validation ===
 
+
 def check_onnx_int8(model) -> dict:
     """Raises ExportValidationError unless every Conv reads int8 weights through a DQ node.
 
@@ -697,7 +757,8 @@ def check_onnx_int8(model) -> dict:
     problems = [
         f"{node.op_type} {node.name!r}: weights {node.input[1]!r} are not int8 (no "
         "DequantizeLinear of an int8 initializer)"
-        for node in convs if not _reads_int8_weights(graph, node.input[1])
+        for node in convs
+        if not _reads_int8_weights(graph, node.input[1])
     ]
     problems += [
         f"Concat {node.name!r} reads integer tensors: OpenVINO's CPU plugin cannot compile it"
@@ -707,8 +768,9 @@ def check_onnx_int8(model) -> dict:
     if not convs:
         problems.append("the graph has no convolution")
     if problems:
-        raise ExportValidationError("ONNX file is not int8 where it must be:\n  "
-                                    + "\n  ".join(problems))
+        raise ExportValidationError(
+            "ONNX file is not int8 where it must be:\n  " + "\n  ".join(problems)
+        )
     return {"convs": len(convs), "int8_weight_convs": len(convs)}
 
 
@@ -743,8 +805,12 @@ def check_openvino_int8(compiled, min_fraction: float = 0.95) -> dict:
     total = sum(counts.values())
     integer = counts.get("i8", 0) + counts.get("u8", 0)
     if total == 0 or integer < min_fraction * total:
-        floats = [f"{name} ({p})" for p, names in by_precision.items() if p not in ("i8", "u8")
-                  for name in names]
+        floats = [
+            f"{name} ({p})"
+            for p, names in by_precision.items()
+            if p not in ("i8", "u8")
+            for name in names
+        ]
         raise ExportValidationError(
             f"OpenVINO runs {integer} of {total} convolutions in i8/u8 (< {min_fraction:.0%}); "
             "not integer:\n  " + "\n  ".join(floats or ["(no convolution at all)"])
@@ -754,8 +820,9 @@ def check_openvino_int8(compiled, min_fraction: float = 0.95) -> dict:
 
 def check_ir_size(int8_xml, float_xml, max_ratio: float = 0.3) -> float:
     """Raises ExportValidationError unless the int8 IR's .bin is <= max_ratio x the float's."""
-    sizes = [os.path.getsize(os.path.splitext(os.fspath(p))[0] + ".bin")
-             for p in (int8_xml, float_xml)]
+    sizes = [
+        os.path.getsize(os.path.splitext(os.fspath(p))[0] + ".bin") for p in (int8_xml, float_xml)
+    ]
     ratio = sizes[0] / sizes[1]
     if ratio > max_ratio:
         raise ExportValidationError(
@@ -766,6 +833,7 @@ def check_ir_size(int8_xml, float_xml, max_ratio: float = 0.3) -> float:
 
 
 # === Comparison ===
+
 
 def parity(runners: dict, images, reference: str = "tflite_int8", steps=None) -> dict:
     """Output differences of each runner against the reference runner, in int8 steps.
@@ -797,9 +865,11 @@ def parity(runners: dict, images, reference: str = "tflite_int8", steps=None) ->
 
 def _difference_in_steps(got, want, step) -> dict:
     difference = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)) / step
-    return {"max": round(float(difference.max()), 3),
-            "p99": round(float(np.percentile(difference, 99)), 3),
-            "mean": round(float(difference.mean()), 4)}
+    return {
+        "max": round(float(difference.max()), 3),
+        "p99": round(float(np.percentile(difference, 99)), 3),
+        "mean": round(float(difference.mean()), 4),
+    }
 
 
 def output_steps(tflite_path) -> dict:
@@ -812,8 +882,10 @@ def output_steps(tflite_path) -> dict:
 
 # === Export ===
 
-def export_intel(export_dir, calibration_images, num_threads: int = 2,
-                 seven_bit_first_layer: bool = True) -> dict:
+
+def export_intel(
+    export_dir, calibration_images, num_threads: int = 2, seven_bit_first_layer: bool = True
+) -> dict:
     """Writes and validates the Intel artifacts of a run's export directory.
 
     Reads export_dir/model_int8.tflite and model_float32.tflite; writes model_int8.onnx,
@@ -835,11 +907,13 @@ def export_intel(export_dir, calibration_images, num_threads: int = 2,
     onnx_path = os.path.join(export_dir, "model_int8.onnx")
     int8_xml = os.path.join(export_dir, "openvino", "model_int8.xml")
     float_xml = os.path.join(export_dir, "openvino", "model_float.xml")
-    summary = {"onnx": tflite_to_onnx(int8_tflite, onnx_path, seven_bit_first_layer,
-                                      calibration_images)}
+    summary = {
+        "onnx": tflite_to_onnx(int8_tflite, onnx_path, seven_bit_first_layer, calibration_images)
+    }
     summary["openvino_int8"] = onnx_to_openvino(onnx_path, int8_xml)
     summary["openvino_float"] = tflite_to_openvino_float(
-        os.path.join(export_dir, "model_float32.tflite"), float_xml)
+        os.path.join(export_dir, "model_float32.tflite"), float_xml
+    )
     summary["ir_size_ratio"] = round(check_ir_size(int8_xml, float_xml), 4)
     openvino_int8 = OpenVINORunner(int8_xml, num_threads=num_threads)
     summary["conv_precisions"] = check_openvino_int8(openvino_int8.compiled)
@@ -853,6 +927,7 @@ def export_intel(export_dir, calibration_images, num_threads: int = 2,
 
 
 # === Layer-by-layer mismatch report ===
+
 
 def layer_report(tflite_path, onnx_path, images, top: int = 10) -> dict:
     """Where an ONNX file starts to differ from its .tflite, layer by layer, in int8 steps.
@@ -875,8 +950,13 @@ def layer_report(tflite_path, onnx_path, images, top: int = 10) -> dict:
             values = values.transpose(0, 2, 3, 1)  # tf2onnx's NCHW -> the .tflite's NHWC
         if values.shape != reference.shape:
             continue
-        layers.append({"layer": keras_layer_name(name), "tensor": name,
-                       **_difference_in_steps(values, reference, scale)})
+        layers.append(
+            {
+                "layer": keras_layer_name(name),
+                "tensor": name,
+                **_difference_in_steps(values, reference, scale),
+            }
+        )
     first = next((row["layer"] for row in layers if row["mean"] > 1.0), None)
     worst = sorted(layers, key=lambda row: -row["mean"])[:top]
     return {"layers": layers, "first_over_one_step": first, "worst": worst}
@@ -896,13 +976,19 @@ def _tflite_activations(tflite_path, images) -> dict:
 
     from tfqat.export.intel_runtime import quantize_pixels
 
-    interpreter = Interpreter(model_path=os.fspath(tflite_path),
-                              experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(
+        model_path=os.fspath(tflite_path), experimental_preserve_all_tensors=True
+    )
     interpreter.allocate_tensors()
     (model_input,) = interpreter.get_input_details()
-    details = [d for d in interpreter.get_tensor_details()
-               if d["dtype"] == np.int8 and d["quantization"][0] > 0 and d["index"] !=
-               model_input["index"] and len(d["shape"]) >= 2]
+    details = [
+        d
+        for d in interpreter.get_tensor_details()
+        if d["dtype"] == np.int8
+        and d["quantization"][0] > 0
+        and d["index"] != model_input["index"]
+        and len(d["shape"]) >= 2
+    ]
     collected = {d["name"]: [] for d in details}
     for image in quantize_pixels(images, np.int8):
         interpreter.set_tensor(model_input["index"], image[None])
@@ -912,9 +998,15 @@ def _tflite_activations(tflite_path, images) -> dict:
                 collected[d["name"]].append(interpreter.get_tensor(d["index"]).copy())
             except ValueError:  # a constant (weights) or a freed tensor
                 collected.pop(d["name"], None)
-    return {d["name"]: ((np.concatenate(collected[d["name"]]).astype(np.float32)
-                         - d["quantization"][1]) * d["quantization"][0], d["quantization"][0])
-            for d in details if collected.get(d["name"])}
+    return {
+        d["name"]: (
+            (np.concatenate(collected[d["name"]]).astype(np.float32) - d["quantization"][1])
+            * d["quantization"][0],
+            d["quantization"][0],
+        )
+        for d in details
+        if collected.get(d["name"])
+    }
 
 
 def _onnx_activations(onnx_path, images, names) -> dict:
@@ -924,17 +1016,21 @@ def _onnx_activations(onnx_path, images, names) -> dict:
 
     model = onnx.load(os.fspath(onnx_path))
     graph = _Graph(model.graph)
-    wanted = [n for n in names if n in graph.producer
-              and graph.producer[n].op_type == "QuantizeLinear"]
+    wanted = [
+        n for n in names if n in graph.producer and graph.producer[n].op_type == "QuantizeLinear"
+    ]
     outputs = {n: [] for n in wanted}
     for values in _intermediate_values(model, wanted, TensorProto.INT8, images):
         for n, value in values.items():
             outputs[n].append(value)
-    quantization = {n: [_initializer(graph, i).astype(np.float32)
-                        for i in graph.producer[n].input[1:3]]
-                    for n in wanted}
-    return {n: (np.concatenate(o).astype(np.float32) - quantization[n][1]) * quantization[n][0]
-            for n, o in outputs.items()}
+    quantization = {
+        n: [_initializer(graph, i).astype(np.float32) for i in graph.producer[n].input[1:3]]
+        for n in wanted
+    }
+    return {
+        n: (np.concatenate(o).astype(np.float32) - quantization[n][1]) * quantization[n][0]
+        for n, o in outputs.items()
+    }
 
 
 def _initializer(graph: _Graph, name: str) -> np.ndarray:

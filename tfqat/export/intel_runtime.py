@@ -149,8 +149,15 @@ class OpenVINORunner(_Runner):
     (its `get_runtime_model()` shows what each op really runs in).
     """
 
-    def __init__(self, xml_path, num_threads: int = 2, precision_hint=None, output_order=None,
-                 output_quantization=None, core=None):
+    def __init__(
+        self,
+        xml_path,
+        num_threads: int = 2,
+        precision_hint=None,
+        output_order=None,
+        output_quantization=None,
+        core=None,
+    ):
         import openvino as ov
 
         config = {"INFERENCE_NUM_THREADS": int(num_threads), "PERFORMANCE_HINT": "LATENCY"}

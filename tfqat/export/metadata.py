@@ -78,8 +78,10 @@ def build_metadata(task, flags_text: str, tflite_model) -> dict:
 
 def _labels(task) -> dict:
     dataset = task.train_set
-    return {"names": list(dataset.category_names),
-            "category_ids": [int(c) for c in dataset.category_ids]}
+    return {
+        "names": list(dataset.category_names),
+        "category_ids": [int(c) for c in dataset.category_ids],
+    }
 
 
 def _input_description(task, tensor) -> dict:
@@ -198,8 +200,10 @@ def read_metadata(path: str) -> dict:
         if METADATA_NAME in entries:
             return json.loads(entries[METADATA_NAME].decode())
     folder = os.path.dirname(os.path.abspath(path))
-    candidates = [os.path.join(folder, METADATA_FILE),
-                  os.path.join(os.path.dirname(folder), METADATA_FILE)]
+    candidates = [
+        os.path.join(folder, METADATA_FILE),
+        os.path.join(os.path.dirname(folder), METADATA_FILE),
+    ]
     for candidate in candidates:
         if os.path.isfile(candidate):
             with open(candidate) as f:

@@ -23,7 +23,7 @@ _INPUT_NAME = "image"
 
 
 def _head_names(model: keras.Model) -> list[str]:
-    return [n[len("quant_"):] if n.startswith("quant_") else n for n in model.output_names]
+    return [n[len("quant_") :] if n.startswith("quant_") else n for n in model.output_names]
 
 
 def _concrete_function(model: keras.Model):
@@ -65,8 +65,14 @@ def _with_extreme_pixels(images):
     yield [first]
 
 
-def _convert(model, representative_images=None, *, quantize=True, output_type="int8",
-             supported_ops=("TFLITE_BUILTINS_INT8",)) -> bytes:
+def _convert(
+    model,
+    representative_images=None,
+    *,
+    quantize=True,
+    output_type="int8",
+    supported_ops=("TFLITE_BUILTINS_INT8",),
+) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)])
     if quantize:
         if representative_images is None:

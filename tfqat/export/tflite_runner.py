@@ -29,7 +29,7 @@ def interpreter_module():
 def normalise_name(name: str) -> str:
     """'quant_box_p3:0' -> 'box_p3' (TF-MOT's prefix and the tensor suffix removed)."""
     name = name.split(":")[0]
-    return name[len(_TFMOT_PREFIX):] if name.startswith(_TFMOT_PREFIX) else name
+    return name[len(_TFMOT_PREFIX) :] if name.startswith(_TFMOT_PREFIX) else name
 
 
 def interpreter_output_names(interpreter) -> list[str]:
@@ -77,8 +77,9 @@ class TFLiteRunner:
     tell a file's meaning from kernel rounding.
     """
 
-    def __init__(self, model, num_threads: int = 2, output_order=None,
-                 reference_kernels: bool = False):
+    def __init__(
+        self, model, num_threads: int = 2, output_order=None, reference_kernels: bool = False
+    ):
         module = interpreter_module()
         self.runtime_name = module.__name__.split(".")[0]
         options = {"num_threads": num_threads}
@@ -98,8 +99,7 @@ class TFLiteRunner:
             missing = [n for n in output_order if n not in names]
             if missing or len(output_order) != len(names):
                 raise ValueError(
-                    f"{source}: file outputs {names} do not match output_order "
-                    f"{list(output_order)}"
+                    f"{source}: file outputs {names} do not match output_order {list(output_order)}"
                 )
             details = [details[names.index(n)] for n in output_order]
             names = list(output_order)
@@ -123,9 +123,7 @@ class TFLiteRunner:
             )
             self.interpreter.allocate_tensors()
             self._batch = chunk
-            self.output_details = [
-                self._detail_by_index(d["index"]) for d in self.output_details
-            ]
+            self.output_details = [self._detail_by_index(d["index"]) for d in self.output_details]
         outputs = [[] for _ in self.output_details]
         for start in range(0, len(images), chunk):
             batch = images[start : start + chunk]

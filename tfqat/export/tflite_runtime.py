@@ -57,6 +57,7 @@ def write_atomically(path: str, data: bytes):
 
 # === Flatbuffer access ===
 
+
 def _read_bytes(model) -> bytes:
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
@@ -134,6 +135,7 @@ def set_io_names(tflite_model, inputs, outputs) -> bytes:
 
 # === Inspection ===
 
+
 def inspect_model(tflite_model) -> dict:
     """Static facts about a .tflite file: ops, op versions, tensor types, I/O quantization."""
     data = _read_bytes(tflite_model)
@@ -191,7 +193,8 @@ def weight_tensors(tflite_model) -> dict[str, np.ndarray]:
             )
             if dtype is not None:
                 weights[_text(tensor.name)] = np.frombuffer(
-                    model.buffers[tensor.buffer].data.tobytes(), dtype=dtype)
+                    model.buffers[tensor.buffer].data.tobytes(), dtype=dtype
+                )
     return weights
 
 
@@ -205,9 +208,11 @@ def weight_sparsity(tflite_model) -> dict:
     weights = weight_tensors(tflite_model)
     zeros = sum(int(np.count_nonzero(values == 0)) for values in weights.values())
     total = sum(values.size for values in weights.values())
-    return {"layers": {name: float(np.mean(values == 0)) for name, values in weights.items()},
-            "sizes": {name: int(values.size) for name, values in weights.items()},
-            "total": zeros / total if total else 0.0}
+    return {
+        "layers": {name: float(np.mean(values == 0)) for name, values in weights.items()},
+        "sizes": {name: int(values.size) for name, values in weights.items()},
+        "total": zeros / total if total else 0.0,
+    }
 
 
 def kernel_sparsity(tflite_model) -> float:
@@ -241,6 +246,7 @@ def output_names(model) -> list[str]:
 
 
 # === Validation ===
+
 
 def _static_problems(model) -> list[str]:
     """Float tensors, ops without an int8 kernel, non-int8 model inputs/outputs."""
@@ -280,7 +286,8 @@ def _static_problems(model) -> list[str]:
         for i, op in enumerate(graph.operators):
             name = _op_name(model, op)
             activations = [
-                graph.tensors[t] for t in [*op.inputs, *op.outputs]
+                graph.tensors[t]
+                for t in [*op.inputs, *op.outputs]
                 if t >= 0 and not _is_constant(model, graph.tensors[t])
             ]
             kinds = sorted({_TYPE_NAMES.get(t.type, str(t.type)) for t in activations})

@@ -98,7 +98,9 @@ def build_pose(num_keypoints=17, input_size=(128, 96), size="s", activation="rel
         x = layers.Concatenate(name=f"cat_s{stride}")([x, features[stride]])
         x = c2f(x, head, 1, False, f"head_s{stride}", act)
     heatmaps = layers.Conv2D(
-        num_keypoints, 1, bias_initializer=keras.initializers.Constant(_HEATMAP_BIAS),
+        num_keypoints,
+        1,
+        bias_initializer=keras.initializers.Constant(_HEATMAP_BIAS),
         name="heatmaps",
     )(x)
     return keras.Model(images, heatmaps, name=f"pose_{size}_{activation}")

@@ -189,8 +189,16 @@ def prune_for_stage(model: keras.Model, options: PruningOptions, stage_steps: in
     end_step = max(1, round(options.end_fraction * stage_steps))
     frequency = end_step // min(options.mask_updates, end_step)
     end_step = frequency * (end_step // frequency)  # TF-MOT: a multiple of the frequency
-    return prune(model, options.target_sparsity, 0, end_step, schedule=options.schedule,
-                 exclude=options.exclude, m_by_n=options.m_by_n, frequency=frequency)
+    return prune(
+        model,
+        options.target_sparsity,
+        0,
+        end_step,
+        schedule=options.schedule,
+        exclude=options.exclude,
+        m_by_n=options.m_by_n,
+        frequency=frequency,
+    )
 
 
 def _wrappers(model):
@@ -254,7 +262,8 @@ def _kernels(model):
         if not isinstance(inner, _KERNEL_LAYERS):
             continue
         kernels = [
-            w for w in layer.weights
+            w
+            for w in layer.weights
             if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")
         ]
         found.append((inner.name, kernels[0].numpy()))
@@ -285,8 +294,13 @@ def _m_by_n_violations(kernel, m, n) -> int:
     return int(np.count_nonzero((groups == 0).sum(-1) < m))
 
 
-def check_sparsity(model: keras.Model, target_sparsity: float, exclude=DEFAULT_EXCLUDE,
-                   m_by_n=None, tolerance: float = 0.01) -> dict[str, float]:
+def check_sparsity(
+    model: keras.Model,
+    target_sparsity: float,
+    exclude=DEFAULT_EXCLUDE,
+    m_by_n=None,
+    tolerance: float = 0.01,
+) -> dict[str, float]:
     """Raises PruningTargetNotReached unless every prunable kernel is at least that sparse.
 
     Works on a pruned model (its wrapped layers are checked; call `apply_masks` first) or on a

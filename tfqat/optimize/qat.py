@@ -35,7 +35,11 @@ from tensorflow_model_optimization.python.core.quantization.keras import (
 from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_configs as _configs,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_registry as _registry,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_transforms as _transforms,
 )
 
@@ -61,6 +65,7 @@ INPUT_RANGE = (0.0, 255.0)
 
 
 # === Layer support ===
+
 
 def _output_only_config():
     # Quantizes the layer's output only, as TF-MOT does for a BatchNormalization it folds behind

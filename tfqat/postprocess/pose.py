@@ -122,8 +122,13 @@ def to_image(keypoints, crop_to_image) -> np.ndarray:
     return np.concatenate([xy, keypoints[..., 2:]], axis=-1).astype(np.float32)
 
 
-def to_coco_results(image_id, keypoints_image, category_id: int = 1, box_score: float = 1.0,
-                    score_threshold: float = SCORE_THRESHOLD) -> dict:
+def to_coco_results(
+    image_id,
+    keypoints_image,
+    category_id: int = 1,
+    box_score: float = 1.0,
+    score_threshold: float = SCORE_THRESHOLD,
+) -> dict:
     """One person's COCO keypoint result record.
 
     `keypoints` is the flat [x1, y1, c1, x2, ...] list with each keypoint's confidence in the

@@ -46,8 +46,12 @@ class DetectionTask:
         from tfqat.models.yolo import build_yolo
 
         c = self.config
-        return build_yolo(self.num_classes, size=c.model_size, input_size=tuple(c.input_size),
-                          activation=c.activation)
+        return build_yolo(
+            self.num_classes,
+            size=c.model_size,
+            input_size=tuple(c.input_size),
+            activation=c.activation,
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -56,9 +60,15 @@ class DetectionTask:
     def train_dataset(self, start_epoch: int):
         c = self.config
         return pipeline.detection_dataset(
-            self.train_set, c.input_size, c.batch_size, training=True,
-            seed=c.seed * 1000 + start_epoch, augment=c.augment, mosaic=c.mosaic,
-            jitter=c.jitter, min_box_size=c.min_box_size,
+            self.train_set,
+            c.input_size,
+            c.batch_size,
+            training=True,
+            seed=c.seed * 1000 + start_epoch,
+            augment=c.augment,
+            mosaic=c.mosaic,
+            jitter=c.jitter,
+            min_box_size=c.min_box_size,
         )
 
     def preprocessed_images(self, count: int, split: str = "train") -> np.ndarray:
@@ -82,8 +92,9 @@ class DetectionTask:
         """(metrics, COCO results) of `model` on the val set, also written to `writer`."""
         results = self.predict(keras_predict_fn(model))
         metrics = self.metrics(results)
-        write_validation(writer, step, metrics, self._summary_images(results),
-                         self.config.summary_images)
+        write_validation(
+            writer, step, metrics, self._summary_images(results), self.config.summary_images
+        )
         return metrics, results
 
     def _summary_images(self, results):
@@ -94,14 +105,25 @@ class DetectionTask:
         for sample in self.val_set.samples[: self.config.summary_images]:
             image = decode_image(sample.path, self.val_set.exif_transpose)
             dets = [r for r in results if r["image_id"] == sample.image_id and r["score"] > 0.3]
-            picture = draw.draw_boxes(image, sample.boxes, sample.labels,
-                                      self.val_set.category_names, color=(255, 255, 255))
+            picture = draw.draw_boxes(
+                image,
+                sample.boxes,
+                sample.labels,
+                self.val_set.category_names,
+                color=(255, 255, 255),
+            )
             index = {cid: i for i, cid in enumerate(self.val_set.category_ids)}
-            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in
-                              (d["bbox"] for d in dets)], np.float32).reshape(-1, 4)
+            boxes = np.array(
+                [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], np.float32
+            ).reshape(-1, 4)
             labels = [index[d["category_id"]] for d in dets]
-            picture = draw.draw_boxes(picture, boxes, labels, self.val_set.category_names,
-                                      scores=[d["score"] for d in dets])
+            picture = draw.draw_boxes(
+                picture,
+                boxes,
+                labels,
+                self.val_set.category_names,
+                scores=[d["score"] for d in dets],
+            )
             # One size for all, as TensorBoard stacks them into one tensor.
             pictures.append(np.asarray(picture.resize((256, 256))))
         return np.stack(pictures) if pictures else np.zeros((0, 8, 8, 3), np.uint8)

@@ -13,9 +13,9 @@ from tfqat import evaluation
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
 from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
+from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.postprocess import pose as post
 from tfqat.tasks.common import keras_predict_fn, write_validation
-from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.tf_compat import tf
 
 GT_COLOR = (255, 255, 255)
@@ -68,8 +68,9 @@ class PoseTask:
         from tfqat.models.pose import build_pose
 
         c = self.config
-        return build_pose(self.num_keypoints, tuple(c.input_size), size=c.model_size,
-                          activation=c.activation)
+        return build_pose(
+            self.num_keypoints, tuple(c.input_size), size=c.model_size, activation=c.activation
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -77,14 +78,23 @@ class PoseTask:
 
     def train_dataset(self, start_epoch: int):
         c = self.config
-        ds = pipeline.pose_dataset(self.train_set, c.input_size, c.batch_size, training=True,
-                                   seed=c.seed * 1000 + start_epoch, augment=c.augment,
-                                   flip_prob=c.flip_prob, scale_range=tuple(c.scale_range),
-                                   rotation_prob=c.rotation_prob, max_rotation=c.max_rotation)
+        ds = pipeline.pose_dataset(
+            self.train_set,
+            c.input_size,
+            c.batch_size,
+            training=True,
+            seed=c.seed * 1000 + start_epoch,
+            augment=c.augment,
+            flip_prob=c.flip_prob,
+            scale_range=tuple(c.scale_range),
+            rotation_prob=c.rotation_prob,
+            max_rotation=c.max_rotation,
+        )
 
         def to_targets(batch):
-            heatmaps, weights = encode_heatmaps(batch["keypoints"], c.input_size, self.stride,
-                                                c.sigma)
+            heatmaps, weights = encode_heatmaps(
+                batch["keypoints"], c.input_size, self.stride, c.sigma
+            )
             return batch["images"], {"heatmaps": heatmaps, "weights": weights}
 
         return ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
@@ -101,8 +111,9 @@ class PoseTask:
 
     def _val_batches(self, limit=None):
         """Val crops of every GT person box: numpy dicts of images, keypoints, matrix, ann_id."""
-        ds = pipeline.pose_dataset(self.val_set, self.config.input_size,
-                                   self.config.val_batch_size, training=False)
+        ds = pipeline.pose_dataset(
+            self.val_set, self.config.input_size, self.config.val_batch_size, training=False
+        )
         seen = 0
         for batch in ds:
             batch = {k: v.numpy() for k, v in batch.items()}
@@ -123,8 +134,9 @@ class PoseTask:
         for batch in self._val_batches():
             keypoints = post.to_image(self._decode(predict_fn, batch["images"]), batch["matrix"])
             for ann_id, person in zip(batch["ann_id"], keypoints):
-                results.append(post.to_coco_results(self._image_ids[int(ann_id)], person,
-                                                    self._category_id))
+                results.append(
+                    post.to_coco_results(self._image_ids[int(ann_id)], person, self._category_id)
+                )
         return results
 
     def metrics(self, results) -> dict:
@@ -135,8 +147,9 @@ class PoseTask:
         predict_fn = keras_predict_fn(model)
         results = self.predict(predict_fn)
         metrics = self.metrics(results)
-        write_validation(writer, step, metrics, self._summary_images(predict_fn),
-                         self.config.summary_images)
+        write_validation(
+            writer, step, metrics, self._summary_images(predict_fn), self.config.summary_images
+        )
         return metrics, results
 
     def _summary_images(self, predict_fn):
@@ -146,8 +159,12 @@ class PoseTask:
             predicted = self._decode(predict_fn, batch["images"])
             for image, gt, pred in zip(batch["images"], batch["keypoints"], predicted):
                 picture = draw.draw_keypoints(image, gt, self.val_set.skeleton, color=GT_COLOR)
-                picture = draw.draw_keypoints(picture, pred, self.val_set.skeleton,
-                                              color=PREDICTION_COLOR,
-                                              threshold=post.SCORE_THRESHOLD)
+                picture = draw.draw_keypoints(
+                    picture,
+                    pred,
+                    self.val_set.skeleton,
+                    color=PREDICTION_COLOR,
+                    threshold=post.SCORE_THRESHOLD,
+                )
                 pictures.append(np.asarray(picture.resize((picture.width * 2, picture.height * 2))))
         return np.stack(pictures) if pictures else np.zeros((0, 8, 8, 3), np.uint8)
