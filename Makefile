@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tfqat.train --flagfile=configs/yolo_synthetic.flags
 
-# The suite CI runs: everything but the tests marked slow.
-test: $(STAMP)
+# The suite CI runs: the linter and formatter check, then everything but the tests marked slow.
+test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Every test, slow ones included (device-install venvs, the pose and prune smoke recipes, ...).
 test-all: $(STAMP)

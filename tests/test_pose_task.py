@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from tfqat import evaluation
 from tfqat.data import crop as crop_lib
 from tfqat.data import pipeline, synthetic
 from tfqat.data.coco import load_coco
 from tfqat.losses.pose import encode_heatmaps
+from tfqat.postprocess.metrics import coco_metrics
 from tfqat.tasks.common import keras_predict_fn
 from tfqat.tasks.pose import PoseConfig, PoseTask
 from tfqat.tf_compat import keras, tf
@@ -61,7 +61,7 @@ def test_ground_truth_as_results_scores_ap_one(datasets):
         for a in annotations
         if a["num_keypoints"] > 0
     ]
-    metrics = evaluation.coco_metrics(val.annotation_file, results, "keypoints")
+    metrics = coco_metrics(val.annotation_file, results, "keypoints")
     assert metrics == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0)}
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_qat import init_batchnorm, small_detector, textured_images
 
-from tfqat.export import tflite
-from tfqat.export.tflite_convert import convert_int8
+from tfqat.export.tflite.convert import convert_int8
+from tfqat.export.tflite.flatbuffer import tflite_kernel_sparsity, tflite_sparsity_by_layer
+from tfqat.export.tflite.validate import validate_int8
 from tfqat.models.yolo import build_yolo
 from tfqat.optimize import prune, qat
 from tfqat.tf_compat import keras, tf
@@ -69,7 +70,7 @@ def pruned():
 @pytest.mark.slow
 def test_default_exclusions_on_the_detector():
     model = build_yolo(3, "femto", (64, 64), "relu6")
-    convs = {l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+    convs = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
     pruned = prune.prune(model, 0.5, 0, 100, frequency=10)
     excluded = convs - set(prune.pruned_layer_names(pruned))
     assert excluded == {"stem_conv", "box_p3", "cls_p3", "box_p4", "cls_p4", "box_p5", "cls_p5"}
@@ -90,8 +91,8 @@ def test_constant_sparsity_reaches_target_in_custom_loop(pruned):
         prune.check_sparsity(pruned, 0.8)
 
     stripped = prune.strip(pruned)
-    assert not any("PruneLowMagnitude" in type(l).__name__ for l in stripped.layers)
-    assert {type(l).__name__ for l in stripped.layers} <= {
+    assert not any("PruneLowMagnitude" in type(layer).__name__ for layer in stripped.layers)
+    assert {type(layer).__name__ for layer in stripped.layers} <= {
         "InputLayer",
         "Conv2D",
         "BatchNormalization",
@@ -161,9 +162,9 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
     qat.calibrate(qat_model, sparse, images)
     assert prune.kernel_sparsity(qat_model, PRUNED_IN_SMALL) == pytest.approx(0.5, abs=0.01)
     data = convert_int8(qat_model, images)
-    tflite.validate_int8(data, images, score_output_names=("cls_p3",))
-    sparsity = tflite.weight_sparsity(data)
-    assert tflite.kernel_sparsity(data) == sparsity["total"] > 0.4
+    validate_int8(data, images, score_output_names=("cls_p3",))
+    sparsity = tflite_sparsity_by_layer(data)
+    assert tflite_kernel_sparsity(data) == sparsity["total"] > 0.4
     weights = sparsity["layers"]
     for name in PRUNED_IN_SMALL:
         (tensor,) = [t for t in weights if f"quant_{name}/" in t]

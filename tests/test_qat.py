@@ -9,11 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from tfqat.export import tflite
-from tfqat.export.tflite_convert import convert_int8
+from tfqat.export.tflite.convert import convert_int8
+from tfqat.export.tflite.validate import validate_int8
 from tfqat.models import yolo
 from tfqat.models.yolo import OUTPUT_NAMES, build_yolo
 from tfqat.optimize import prune, qat
+from tfqat.runtime.tflite import TFLiteRunner
 from tfqat.tf_compat import keras, tf
 
 layers = keras.layers
@@ -138,9 +139,9 @@ def test_quantizes_layers_the_default_scheme_lacks():
         assert "quant_stem/kernel" in ranges  # TF-MOT itself would train this kernel in float
         assert "quant_up_bn/output" in ranges
         data = convert_int8(qat_model, images)
-        report = tflite.validate_int8(data, images, score_output_names=None)
+        report = validate_int8(data, images, score_output_names=None)
         assert report["op_counts"]["TRANSPOSE_CONV"] == 1
-        runner = tflite.TFLiteRunner(data)
+        runner = TFLiteRunner(data)
         steps = diff_in_steps(runner, runner(images), [qat_model(images, training=False)])
         print(scheme, "int8 vs Keras QAT, output steps (max, mean):", steps)
         assert steps["heatmaps"][1] < 1.0 and steps["heatmaps"][0] <= 6
@@ -158,7 +159,7 @@ def _check_detector_qat(model):
     qat_model(images, training=True)
     ranges = qat.quantizer_ranges(qat_model)
     assert ranges["quantize_image/input"] == qat.INPUT_RANGE
-    convs = [l.name for l in model.layers if isinstance(l, layers.Conv2D)]
+    convs = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
     assert all(f"quant_{name}/kernel" in ranges for name in convs)
     assert all(np.isfinite(v).all() and v[0] <= 0 <= v[1] for v in ranges.values())
     return qat_model
@@ -234,10 +235,10 @@ def test_small_detector_int8_matches_keras_qat():
     init_batchnorm(model, images)
     qat_model = quantize_ready(model, images)
     data = convert_int8(qat_model, images)
-    report = tflite.validate_int8(data, images, score_output_names=("cls_p3",))
+    report = validate_int8(data, images, score_output_names=("cls_p3",))
     assert (report["input"]["scale"], report["input"]["zero_point"]) == (1.0, -128)
     assert report["input"]["dtype"] == "int8"
-    runner = tflite.TFLiteRunner(data)
+    runner = TFLiteRunner(data)
     assert runner.output_names == ["box_p3", "cls_p3"]
     steps = diff_in_steps(runner, runner(images), qat_model(images, training=False))
     print("int8 vs Keras QAT, output steps (max, mean):", steps)
@@ -259,10 +260,10 @@ def test_femto_int8_validates(activation):
     init_batchnorm(model, images)
     qat_model = quantize_ready(model, images)
     data = convert_int8(qat_model, images)
-    report = tflite.validate_int8(data, images)
+    report = validate_int8(data, images)
     assert (report["input"]["scale"], report["input"]["zero_point"]) == (1.0, -128)
     assert [o["name"] for o in report["outputs"]] == list(OUTPUT_NAMES)
-    runner = tflite.TFLiteRunner(data)
+    runner = TFLiteRunner(data)
     keras_outputs = qat_model(images, training=False)
     steps = diff_in_steps(runner, runner(images), keras_outputs)
     rs = np.random.RandomState(1)

@@ -21,6 +21,7 @@ from tfqat import runtime
 from tfqat.data.coco import decode_image, load_coco
 from tfqat.data.synthetic import ensure_synthetic
 from tfqat.export import metadata as metadata_lib
+from tfqat.runtime import metadata as runtime_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(REPO, "tools", "predict.py")
@@ -50,7 +51,7 @@ def _export(task, model, export_dir):
     The file is post-training quantized (the same converter and ops as the QAT file, without a
     QAT stage) with the task's calibration images.
     """
-    from tfqat.export import tflite_convert
+    from tfqat.export.tflite import convert as tflite_convert
 
     data = tflite_convert.convert_int8(model, task.preprocessed_images(16))
     metadata = metadata_lib.build_metadata(task, RECIPE.format(task=task.name), data)
@@ -104,9 +105,9 @@ def test_metadata_describes_the_file(detection):
     assert metadata["tflite"]["op_versions"]["CONV_2D"] >= 1
     assert metadata["tflite"]["min_runtime_version"]
 
-    assert metadata_lib.read_metadata(path) == metadata
-    entries = metadata_lib.tflite_metadata_entries(path)
-    assert {"min_runtime_version", metadata_lib.METADATA_NAME} <= set(entries)
+    assert runtime_metadata.read_metadata(path) == metadata
+    entries = runtime_metadata.tflite_metadata_entries(path)
+    assert {"min_runtime_version", runtime_metadata.METADATA_NAME} <= set(entries)
 
 
 def test_metadata_replaces_its_entry_and_keeps_the_converter_ones(detection):
@@ -114,11 +115,11 @@ def test_metadata_replaces_its_entry_and_keeps_the_converter_ones(detection):
     with open(path, "rb") as f:
         data = f.read()
     again = metadata_lib.embed_metadata(data, dict(metadata, task="changed"))
-    entries = metadata_lib.tflite_metadata_entries(again)
-    assert json.loads(entries[metadata_lib.METADATA_NAME])["task"] == "changed"
+    entries = runtime_metadata.tflite_metadata_entries(again)
+    assert json.loads(entries[runtime_metadata.METADATA_NAME])["task"] == "changed"
     assert (
         entries["min_runtime_version"]
-        == metadata_lib.tflite_metadata_entries(data)["min_runtime_version"]
+        == runtime_metadata.tflite_metadata_entries(data)["min_runtime_version"]
     )
     assert len(again) - len(data) < 256  # the buffer was replaced, not added again
 
@@ -126,11 +127,11 @@ def test_metadata_replaces_its_entry_and_keeps_the_converter_ones(detection):
 def test_metadata_json_serves_onnx_and_openvino_files(detection, tmp_path):
     _, path, metadata = detection
     export_dir = os.path.dirname(path)
-    assert metadata_lib.read_metadata(os.path.join(export_dir, "model_int8.onnx")) == metadata
+    assert runtime_metadata.read_metadata(os.path.join(export_dir, "model_int8.onnx")) == metadata
     openvino_xml = os.path.join(export_dir, "openvino", "model_int8.xml")
-    assert metadata_lib.read_metadata(openvino_xml) == metadata
+    assert runtime_metadata.read_metadata(openvino_xml) == metadata
     with pytest.raises(FileNotFoundError, match="elsewhere.onnx: no tfqat metadata"):
-        metadata_lib.read_metadata(str(tmp_path / "elsewhere.onnx"))
+        runtime_metadata.read_metadata(str(tmp_path / "elsewhere.onnx"))
 
 
 # === Runtime ===
@@ -142,7 +143,7 @@ def test_runtime_imports_no_tensorflow():
         + BLOCK_TENSORFLOW
         + textwrap.dedent(f"""
         import runpy
-        import tfqat.runtime, tfqat.export.metadata
+        import tfqat.runtime, tfqat.runtime.metadata
         runpy.run_path({PREDICT!r})  # its imports and flag definitions
         frameworks = sorted(m for m in sys.modules if m.split(".")[0] in ("tf_keras", "keras"))
         assert not frameworks, frameworks
@@ -153,9 +154,9 @@ def test_runtime_imports_no_tensorflow():
 
 def test_detect_gives_what_evaluation_gives(detection):
     """Same letterbox, decode and NMS: the runtime's detections are the evaluation's results."""
-    from tfqat.evaluation import detection_results
-    from tfqat.export.tflite_runtime import TFLiteRunner
     from tfqat.postprocess.detection import to_coco_results
+    from tfqat.runtime.tflite import TFLiteRunner
+    from tfqat.tasks.detection import detection_results
 
     task, path, _ = detection
     # An untrained model's scores are about 1e-4 (the class prior): keep every candidate.
@@ -180,8 +181,8 @@ def test_detect_gives_what_evaluation_gives(detection):
 
 def test_keypoints_give_what_evaluation_gives(pose):
     """Same crop of each GT person box and the same decoder as the pose task's evaluation."""
-    from tfqat.export.tflite_runtime import TFLiteRunner
     from tfqat.postprocess.pose import to_coco_results
+    from tfqat.runtime.tflite import TFLiteRunner
 
     task, path, metadata = pose
     expected = task.predict(TFLiteRunner(path))  # val persons, image by image, box by box

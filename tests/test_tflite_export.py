@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from test_qat import init_batchnorm, quantize_ready, small_detector, textured_images
 
-from tfqat.export import tflite, tflite_convert
-from tfqat.export.tflite import ExportValidationError
+from tfqat.export.errors import ExportValidationError
+from tfqat.export.tflite import convert as tflite_convert
+from tfqat.export.tflite.flatbuffer import inspect_model, output_names, set_io_names
+from tfqat.export.tflite.validate import validate_int8
+from tfqat.fileio import atomic_write
 from tfqat.models.yolo import build_yolo
+from tfqat.runtime.tflite import TFLiteRunner
 from tfqat.tf_compat import keras, tf
 
 layers = keras.layers
@@ -41,11 +45,11 @@ def int8_file(qat_model, images):
 
 
 def test_names_order_and_signature(int8_file, qat_model, images):
-    assert tflite.output_names(int8_file) == ["box_p3", "cls_p3"]  # Keras order, no "quant_"
-    info = tflite.inspect_model(int8_file)
+    assert output_names(int8_file) == ["box_p3", "cls_p3"]  # Keras order, no "quant_"
+    info = inspect_model(int8_file)
     assert [t["name"] for t in info["inputs"]] == ["image"]
     assert [t["name"] for t in info["outputs"]] == ["box_p3", "cls_p3"]
-    runner = tflite.TFLiteRunner(int8_file)
+    runner = TFLiteRunner(int8_file)
     assert runner.interpreter.get_signature_list() == {
         "serving_default": {"inputs": ["image"], "outputs": ["box_p3", "cls_p3"]}
     }
@@ -55,47 +59,47 @@ def test_names_order_and_signature(int8_file, qat_model, images):
     raw = runner.raw(images[:3])
     assert all(r.dtype == np.int8 for r in raw)
 
-    reordered = tflite.TFLiteRunner(int8_file, output_order=("cls_p3", "box_p3"))
+    reordered = TFLiteRunner(int8_file, output_order=("cls_p3", "box_p3"))
     np.testing.assert_array_equal(reordered(images[:3])[0], outputs[1])
     with pytest.raises(ValueError, match="output_order"):
-        tflite.TFLiteRunner(int8_file, output_order=("cls_p3", "box_p9"))
+        TFLiteRunner(int8_file, output_order=("cls_p3", "box_p9"))
 
     # Files from other converters: signature names with TF-MOT's prefix.
-    renamed = tflite.set_io_names(int8_file, ["image"], ["quant_box_p3", "quant_cls_p3"])
-    assert tflite.output_names(renamed) == ["box_p3", "cls_p3"]
-    np.testing.assert_array_equal(tflite.TFLiteRunner(renamed)(images[:1])[1], outputs[1][:1])
+    renamed = set_io_names(int8_file, ["image"], ["quant_box_p3", "quant_cls_p3"])
+    assert output_names(renamed) == ["box_p3", "cls_p3"]
+    np.testing.assert_array_equal(TFLiteRunner(renamed)(images[:1])[1], outputs[1][:1])
 
 
-def test_write_atomically(tmp_path, int8_file):
+def test_atomic_write(tmp_path, int8_file):
     path = os.path.join(tmp_path, "model_int8.tflite")
-    tflite.write_atomically(path, int8_file)
+    atomic_write(path, int8_file)
     assert os.listdir(tmp_path) == ["model_int8.tflite"]
     with open(path, "rb") as f:
         assert f.read() == int8_file
-    assert tflite.output_names(path) == ["box_p3", "cls_p3"]
+    assert output_names(path) == ["box_p3", "cls_p3"]
 
 
 def test_runtime_module_needs_no_tensorflow(tmp_path, int8_file, images):
     """Load, validate and run an int8 file in a process where TensorFlow cannot be imported."""
     model_path = os.path.join(tmp_path, "m.tflite")
     images_path = os.path.join(tmp_path, "images.npy")
-    tflite.write_atomically(model_path, int8_file)
+    atomic_write(model_path, int8_file)
     np.save(images_path, images)
     script = textwrap.dedent(f"""
         import sys
         sys.modules["tensorflow"] = None
         sys.modules["tf_keras"] = None
         import numpy as np
-        from tfqat.export import tflite, tflite_runtime
-        assert tflite.TFLiteRunner is tflite_runtime.TFLiteRunner
+        from tfqat.export.tflite.validate import validate_int8
+        from tfqat.runtime.tflite import TFLiteRunner
         images = np.load({images_path!r})
-        report = tflite.validate_int8({model_path!r}, images, score_output_names=("cls_p3",))
-        outputs = tflite.TFLiteRunner({model_path!r})(images[:2])
+        report = validate_int8({model_path!r}, images, score_output_names=("cls_p3",))
+        outputs = TFLiteRunner({model_path!r})(images[:2])
         print(report["input"]["scale"], report["input"]["zero_point"], [o.shape for o in outputs])
         loaded = [m for m in sys.modules if m.startswith(("tensorflow", "tf_keras"))]
         print(sorted(m for m in loaded if sys.modules[m]))
         try:
-            tflite.convert_int8
+            import tfqat.export.tflite.convert
         except ImportError:
             print("convert needs tensorflow")
     """)
@@ -110,7 +114,7 @@ def test_runtime_module_needs_no_tensorflow(tmp_path, int8_file, images):
 
 
 def test_validator_report(int8_file, images):
-    report = tflite.validate_int8(int8_file, images, score_output_names=("cls_p3",))
+    report = validate_int8(int8_file, images, score_output_names=("cls_p3",))
     assert report["input"] == {
         "name": "image",
         "shape": [1, 64, 64, 3],
@@ -137,7 +141,7 @@ def test_validator_report(int8_file, images):
 def test_rejects_float_outputs(qat_model, images):
     data = tflite_convert._convert(qat_model, images, output_type="float32")
     with pytest.raises(ExportValidationError) as error:
-        tflite.validate_int8(data, images, score_output_names=("cls_p3",))
+        validate_int8(data, images, score_output_names=("cls_p3",))
     message = str(error.value)
     assert "model output 'box_p3' is FLOAT32" in message
     assert "model output 'cls_p3' is FLOAT32, not INT8 (made by DEQUANTIZE" in message
@@ -146,11 +150,11 @@ def test_rejects_float_outputs(qat_model, images):
 
 def test_rejects_float_model(float_model, images):
     data = tflite_convert.convert_float32(float_model)
-    runner = tflite.TFLiteRunner(data)
+    runner = TFLiteRunner(data)
     for a, b in zip(runner(images[:2]), float_model(images[:2])):
         np.testing.assert_allclose(a, np.asarray(b), atol=1e-3, rtol=1e-4)
     with pytest.raises(ExportValidationError) as error:
-        tflite.validate_int8(data, images)
+        validate_int8(data, images)
     assert "model input 'image' is FLOAT32" in str(error.value)
     assert "CONV_2D" in str(error.value)
 
@@ -172,7 +176,7 @@ def test_rejects_an_op_left_in_float():
         model, images, supported_ops=("TFLITE_BUILTINS_INT8", "TFLITE_BUILTINS")
     )
     with pytest.raises(ExportValidationError) as error:
-        tflite.validate_int8(data, images, score_output_names=None)
+        validate_int8(data, images, score_output_names=None)
     message = str(error.value)
     assert "SIN (op #" in message and "does not run an int8 kernel" in message
     assert "float tensor 'model" in message and "sine" in message
@@ -188,7 +192,7 @@ def test_rejects_a_diverged_model(factor):
     images = textured_images(4, 32)
     data = tflite_convert.convert_int8(model, images)
     with pytest.raises(ExportValidationError) as error:
-        tflite.validate_int8(data, images, score_output_names=None)
+        validate_int8(data, images, score_output_names=None)
     message = str(error.value)
     if factor == 1e37:
         assert "XNNPACK" in message and "failed to prepare" in message
@@ -203,7 +207,7 @@ def test_rejects_collapsed_outputs(images):
     model.get_layer("cls_p3").kernel.assign(tf.zeros_like(model.get_layer("cls_p3").kernel))
     data = tflite_convert.convert_int8(model, images)  # post-training quantization
     with pytest.raises(ExportValidationError) as error:
-        tflite.validate_int8(data, images, score_output_names=("cls_p3",))
+        validate_int8(data, images, score_output_names=("cls_p3",))
     message = str(error.value)
     assert "output 'cls_p3' uses 1 distinct int8 levels" in message
     assert "score output 'cls_p3' is the single value" in message
@@ -213,7 +217,7 @@ def test_rejects_collapsed_outputs(images):
 def test_ptq_input_quantization_is_exact(float_model, images):
     dim = np.clip(images, 40, 200)  # calibration images without black or white pixels
     data = tflite_convert.convert_int8(float_model, dim)
-    report = tflite.validate_int8(data, dim, score_output_names=("cls_p3",))
+    report = validate_int8(data, dim, score_output_names=("cls_p3",))
     assert (report["input"]["scale"], report["input"]["zero_point"]) == (1.0, -128)
 
     # Without the extreme pixels the converter derives the input range from the images.
@@ -225,7 +229,7 @@ def test_ptq_input_quantization_is_exact(float_model, images):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = converter.inference_output_type = tf.int8
     with pytest.raises(ExportValidationError, match=r"expected \(1.0, -128\)"):
-        tflite.validate_int8(converter.convert(), dim, score_output_names=None)
+        validate_int8(converter.convert(), dim, score_output_names=None)
 
 
 @pytest.mark.slow
@@ -245,7 +249,7 @@ def test_pico_256_int8_file_size():
     started = time.perf_counter()
     qat_file = tflite_convert.convert_int8(qat_model, images)
     qat_seconds = time.perf_counter() - started
-    tflite.validate_int8(qat_file, images)
+    validate_int8(qat_file, images)
     ratio = len(int8_file) / len(float_file)
     print(
         f"pico 256 px 7 classes: float32 {len(float_file)} B ({float_seconds:.1f} s), "

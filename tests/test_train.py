@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfqat import training
 from tfqat.tf_compat import keras, tf
+from tfqat.train import loop as training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -169,7 +169,7 @@ def test_smoke_recipe_writes_the_run_directory(smoke_run):
     row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
     assert row["precision"] == "int8" and row["size_bytes"] > 0
 
-    from tfqat.evaluation import coco_metrics
+    from tfqat.postprocess.metrics import coco_metrics
 
     # Keras rows reuse their stage's last validation; each row's file still gives its metric.
     for row in report["artifacts"]:

@@ -14,7 +14,9 @@ import tensorflow as tf  # noqa: E402
 
 
 def _keras_is_legacy() -> bool:
-    return tf.keras.__name__.startswith("tf_keras")
+    # Not tf.keras.__name__: once keras_cv is imported it reads "tensorflow.keras" even when
+    # its layers are tf_keras's.
+    return tf.keras.layers.Layer.__module__.startswith("tf_keras")
 
 
 if not _keras_is_legacy():

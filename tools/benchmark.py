@@ -9,7 +9,7 @@ run's calibration images: train images letterboxed as the recipe does), and the 
 INFERENCE_PRECISION_HINT=f32 and at the plugin's default (bf16 on CPUs with AMX/AVX512-BF16,
 f32 elsewhere). Backends take turns call by call for `--rounds` rounds, in a new random order
 every round; a backend's latency is its median call, so load from other processes hits all of
-them alike. Missing Intel files are exported first (tfqat.export.intel.export_intel).
+them alike. Missing Intel files are exported first (tfqat.export.openvino.rewrites.export_intel).
 
 Prints a table and the ratios ours/NNCF and ours/f32; writes DIR/benchmark.json.
 """
@@ -64,8 +64,8 @@ def interleaved_latencies(calls: dict, rounds: int, warmup: int = 10, seed: int 
 
 
 def tflite_call(path, image, threads):
-    from tfqat.export.intel_runtime import quantize_pixels
-    from tfqat.export.tflite_runtime import TFLiteRunner
+    from tfqat.runtime.pixels import quantize_pixels
+    from tfqat.runtime.tflite import TFLiteRunner
 
     runner = TFLiteRunner(path, num_threads=threads)
     interpreter, detail = runner.interpreter, runner.input_detail
@@ -102,16 +102,16 @@ def ir_bin_bytes(model) -> int:
 
 
 def calibration_images(model_dir, count):
-    from tfqat import runner
+    from tfqat.recipe.run_dir import load_run
 
-    return runner.load_run(model_dir).task.preprocessed_images(count)
+    return load_run(model_dir).task.preprocessed_images(count)
 
 
 def ensure_intel_files(export_dir, calibration):
     needed = ["model_int8.onnx", "openvino/model_int8.xml", "openvino/model_float.xml"]
     if all(os.path.exists(os.path.join(export_dir, n)) for n in needed):
         return None
-    from tfqat.export.intel import export_intel
+    from tfqat.export.openvino.rewrites import export_intel
 
     print(f"exporting the Intel files into {export_dir} first")
     return export_intel(export_dir, calibration, num_threads=FLAGS.threads)
@@ -119,8 +119,8 @@ def ensure_intel_files(export_dir, calibration):
 
 def main(argv):
     del argv
-    from tfqat.export.intel import convolution_precisions
-    from tfqat.export.intel_runtime import OnnxRunner, OpenVINORunner
+    from tfqat.export.openvino.rewrites import convolution_precisions
+    from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
 
     export_dir = os.path.join(FLAGS.model_dir, "export")
     calibration = calibration_images(FLAGS.model_dir, FLAGS.calibration_images)

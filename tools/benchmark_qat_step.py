@@ -14,10 +14,11 @@ import time
 from absl import app, flags
 
 import tfqat  # noqa: F401
-from tfqat import recipe
+from tfqat.recipe import build
+from tfqat.recipe.flags import define_flags
 
 FLAGS = flags.FLAGS
-recipe.define_flags(FLAGS)
+define_flags(FLAGS)
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds; each times every model.")
 flags.DEFINE_integer("steps", 10, "Training steps timed per model and round.")
 flags.DEFINE_bool("pqat", True, "Also time the prune-preserving QAT model.")
@@ -32,21 +33,17 @@ def seconds_per_step(step, batch, steps: int) -> float:
 
 def main(argv):
     del argv
-    from tfqat.data.coco import load_coco
     from tfqat.optimize import qat
-    from tfqat.runner import clone_with_weights
-    from tfqat.training import ModelEMA, StageConfig, make_optimizer, make_train_step
+    from tfqat.train.checkpoints import QAT_SCHEMES
+    from tfqat.train.loop import ModelEMA, StageConfig, make_optimizer, make_train_step
+    from tfqat.train.stages import clone_with_weights
 
-    paths = recipe.dataset_paths(FLAGS)
-    train, val = (
-        load_coco(paths[f"{s}_annotations"], paths[f"{s}_images"], FLAGS.task)
-        for s in ("train", "val")
-    )
-    task = recipe.make_task(FLAGS, train, val)
+    paths = build.dataset_paths(FLAGS)
+    task = build.make_task(FLAGS, *build.load_datasets(FLAGS, paths))
     batch = next(iter(task.train_dataset(0)))
     float_model = task.build_model()
     models = {"float": float_model}
-    schemes = {"qat": "default", "pqat": "prune_preserve"} if FLAGS.pqat else {"qat": "default"}
+    schemes = QAT_SCHEMES if FLAGS.pqat else {"qat": QAT_SCHEMES["qat"]}
     with qat.qat_scope():
         for name, scheme in schemes.items():
             models[name] = qat.quantize(clone_with_weights(float_model), scheme)

@@ -96,7 +96,7 @@ def raw_outputs(model_path: str, image_paths, reference_kernels=False) -> tuple[
     """(runtime name, {output name: raw outputs [N, ...]}) on the letterboxed images."""
     from tfqat.data.coco import decode_image
     from tfqat.data.letterbox import letterbox_image
-    from tfqat.export.tflite_runner import TFLiteRunner
+    from tfqat.runtime.tflite import TFLiteRunner
 
     backend = TFLiteRunner(model_path, reference_kernels=reference_kernels)
     _, height, width, _ = backend.input_detail["shape"]
@@ -132,8 +132,8 @@ def _outputs_in_venv(python: str, model_path: str, image_paths, reference_kernel
 
 def compare_in_venv(python: str, model_path: str, image_paths) -> dict:
     """Runs the model with the venv's python and here; the report described in the module doc."""
-    from tfqat.export.metadata import min_runtime_version
-    from tfqat.export.tflite_runtime import inspect_model
+    from tfqat.export.tflite.flatbuffer import inspect_model
+    from tfqat.runtime.metadata import min_runtime_version
 
     report = {
         "model": os.path.abspath(model_path),

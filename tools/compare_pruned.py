@@ -17,9 +17,9 @@ import re
 import numpy as np
 from absl import app, flags
 
-from tfqat.export.tflite_runtime import weight_tensors
+from tfqat.evaluate.report import gzip_size
+from tfqat.export.tflite.flatbuffer import weight_tensors
 from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
-from tfqat.report import gzip_size
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pruned", None, "The pruned (PQAT) int8 .tflite.")

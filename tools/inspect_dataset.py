@@ -59,7 +59,8 @@ def format_summary(dataset: CocoDataset) -> str:
         f"images dir   {dataset.image_dir}",
         f"images       {stats['images']} ({stats['empty_images']} without targets)",
         f"annotations  {stats['annotations']}: {stats['targets']} targets, "
-        f"{stats['crowd_skipped']} crowd skipped, {stats['dropped_annotations']} dropped for problems",
+        f"{stats['crowd_skipped']} crowd skipped, "
+        f"{stats['dropped_annotations']} dropped for problems",
         f"boxes        {stats['clipped_boxes']} clipped to the image, "
         f"{stats['tiny_boxes']} with a side under 1 px",
     ]

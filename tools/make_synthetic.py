@@ -1,6 +1,7 @@
 """Generates a synthetic COCO-format dataset, the default data of the synthetic recipes.
 
-    python tools/make_synthetic.py --task=detection|pose --out=DIR [--num_train=N --num_val=M --seed=S]
+    python tools/make_synthetic.py --task=detection|pose --out=DIR
+                                   [--num_train=N --num_val=M --seed=S]
                                    [--image_size=PX]
 
 Writes DIR/annotations/{instances,person_keypoints}_{train,val}.json and DIR/images/{train,val}/.

@@ -350,7 +350,8 @@ def _pose_definition(cats: list[dict], problems: _Problems) -> tuple[list[str], 
             problems.file(
                 "bad_category",
                 f"category {cat['id']} ('{cat['name']}'): keypoints differ from those of category "
-                f"{cats[0]['id']} ('{cats[0]['name']}'); every category must define the same keypoints",
+                f"{cats[0]['id']} ('{cats[0]['name']}'); every category must define the same "
+                "keypoints",
             )
     skeleton = cats[0].get("skeleton", [])
     if not _valid_skeleton(skeleton, len(names)):
@@ -673,12 +674,14 @@ def _size_mismatch_message(
     if orientation in _SWAPPING_ORIENTATIONS and decoded[::-1] == (image.width, image.height):
         if exif_transpose:
             text += (
-                f"; the file has EXIF orientation {orientation} and the declared size is that of the "
+                f"; the file has EXIF orientation {orientation} and the declared size is that of "
+                "the "
                 "image as stored: load it without exif_transpose"
             )
         else:
             text += (
-                f"; the file has EXIF orientation {orientation} and the declared size is that of the "
+                f"; the file has EXIF orientation {orientation} and the declared size is that of "
+                "the "
                 "rotated image: load it with exif_transpose=True (--exif_transpose)"
             )
     return text

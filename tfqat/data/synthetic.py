@@ -403,7 +403,8 @@ class _Canvas:
 
     def __init__(self, background: Image.Image):
         self.size = _SS * background.width
-        # Nearest-neighbour upsampling: where nothing is drawn, downsampling restores the background.
+        # Nearest-neighbour upsampling: where nothing is drawn, downsampling restores the
+        # background.
         self.image = background.resize((self.size, self.size), Image.Resampling.NEAREST)
         self.owner = np.zeros((self.size, self.size), np.int32)
 

@@ -1,6 +1,6 @@
-"""Exporters and validators of trained models.
+"""5. Export: trained Keras models -> deployable files, each checked before it is kept.
 
-`tfqat.export.tflite` is the .tflite API. Its parts: `tflite_runner` (numpy + any TFLite
-interpreter: run), `tflite_runtime` (numpy + LiteRT: inspect, validate) and `tflite_convert`
-(TensorFlow: Keras model -> .tflite bytes).
+`tflite/` (conversion, flatbuffer, int8 validation), `openvino/` (the .tflite -> ONNX ->
+OpenVINO IR route), `metadata` (what a device needs, embedded in each file), `artifacts` (the
+run's export/ folder). May import data, models, tasks, optimize and runtime; never evaluate.
 """

@@ -26,17 +26,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not os.path.exists(os.path.join(FLAGS.model_dir, "flags.txt")):
         raise app.UsageError(f"--model_dir={FLAGS.model_dir} is not a tfqat run (no flags.txt)")
-    from tfqat import report as report_lib
-    from tfqat import runner
-    from tfqat.exporting import export_and_evaluate, fail_on
+    from tfqat.evaluate import report as report_lib
+    from tfqat.evaluate.artifacts import export_and_evaluate, fail_on
+    from tfqat.recipe.run_dir import load_run
+    from tfqat.train.checkpoints import restore_export_models
 
-    run = runner.load_run(os.path.abspath(FLAGS.model_dir))
-    models = runner.restore_export_models(run)
-    calibration = run.task.preprocessed_images(run.options.calibration_images)
+    run = load_run(os.path.abspath(FLAGS.model_dir))
+    models = restore_export_models(run.task, run.model_dir, run.stages)
+    calibration = run.task.preprocessed_images(run.calibration_images)
     rows, parity, problems = export_and_evaluate(
-        run.task, models, run.model_dir, calibration, run.options.min_output_levels
+        run.task, models, run.model_dir, calibration, run.min_output_levels
     )
-    report = report_lib.load_report(run.model_dir) or runner.new_report(run.task, run.paths, [])
+    report = report_lib.load_report(run.model_dir) or report_lib.new_report(run.task, run.paths, [])
     report["parity"] = parity
     for row in rows:
         report_lib.upsert_artifact(report, row)

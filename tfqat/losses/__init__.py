@@ -1,1 +1,1 @@
-"""Training losses (TensorFlow)."""
+"""Training losses (TensorFlow). May import `data` and `models`."""

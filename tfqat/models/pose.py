@@ -15,7 +15,7 @@ sub-pixel decoding run in float, in `tfqat.postprocess.pose`. There is no separa
 output; DARK-style refinement of the heatmap recovers sub-pixel positions.
 """
 
-from tfqat.models.yolo import ACTIVATIONS, c2f, conv_bn_act
+from tfqat.models.layers import ACTIVATIONS, c2f, conv_bn_act, lookup
 from tfqat.tf_compat import keras
 
 layers = keras.layers
@@ -43,12 +43,6 @@ SIZES = {
 _HEATMAP_BIAS = -4.0
 
 
-def _lookup(mapping, key, what):
-    if key not in mapping:
-        raise ValueError(f"Unknown {what} {key!r}; valid choices: {sorted(mapping)}")
-    return mapping[key]
-
-
 def check_input_size(input_size):
     height, width = (int(v) for v in input_size)
     if height <= 0 or width <= 0 or height % _INPUT_MULTIPLE or width % _INPUT_MULTIPLE:
@@ -72,8 +66,8 @@ def build_pose(num_keypoints=17, input_size=(128, 96), size="s", activation="rel
       normalisation outside the model) and returning heatmap logits [B, H/4, W/4, K], the
       layer named `heatmaps`.
     """
-    channels, depths, head = _lookup(SIZES, size, "pose size")
-    act = _lookup(ACTIVATIONS, activation, "activation")
+    channels, depths, head = lookup(SIZES, size, "pose size")
+    act = lookup(ACTIVATIONS, activation, "activation")
     if num_keypoints < 1:
         raise ValueError(f"need num_keypoints >= 1; got {num_keypoints}")
     height, width = check_input_size(input_size)

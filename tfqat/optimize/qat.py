@@ -16,7 +16,7 @@
 `calibrate` sets the ranges from data before QAT starts; TF-MOT's start at [-6, 6].
 
 Saving: a QAT model is saved and restored like any other through `tf.train.Checkpoint` (what
-`tfqat.training.fit` does) into a model rebuilt with `quantize(float_model, scheme)`; outputs
+`tfqat.train.loop.fit` does) into a model rebuilt with `quantize(float_model, scheme)`; outputs
 are identical. For "prune_preserve", rebuild from the pruned float weights (not from a fresh
 model): TF-MOT takes the zero mask from the weights at `quantize` time, as a constant.
 `model.save("x.h5")` + `load_qat_model` also round-trip exactly, but a reloaded

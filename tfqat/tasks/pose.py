@@ -9,12 +9,12 @@ import dataclasses
 
 import numpy as np
 
-from tfqat import evaluation
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
 from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
 from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.postprocess import pose as post
+from tfqat.postprocess.metrics import coco_metrics
 from tfqat.tasks.common import keras_predict_fn, write_validation
 from tfqat.tf_compat import tf
 
@@ -140,7 +140,7 @@ class PoseTask:
         return results
 
     def metrics(self, results) -> dict:
-        return evaluation.coco_metrics(self.val_set.annotation_file, results, self.iou_type)
+        return coco_metrics(self.val_set.annotation_file, results, self.iou_type)
 
     def validate(self, model, step: int, writer) -> tuple[dict, list]:
         """(metrics, COCO results) of `model` on the val set, also written to `writer`."""

@@ -4,11 +4,11 @@
     detections = predictor.detect(image)                 # detection models
     people = predictor.keypoints(image, person_boxes)    # pose models (top-down)
 
-The backend follows the file: .tflite runs on ai-edge-litert's Interpreter, or tflite-runtime's
-where LiteRT is not installed; .onnx on onnxruntime and .xml on OpenVINO
-(`tfqat.export.intel_runtime`). What the model needs (task, input size, labels, output names,
-decode parameters) comes from the file's metadata (`tfqat.export.metadata`), so a device needs no
-other file. Images go through the same letterbox / person crop and the same numpy decoders as
+The backend follows the file (`tfqat.runtime.backends.open_backend`): .tflite runs on
+ai-edge-litert's Interpreter, or tflite-runtime's where LiteRT is not installed; .onnx on
+onnxruntime and .xml on OpenVINO. What the model needs (task, input size, labels, output names,
+decode parameters) comes from the file's metadata (`tfqat.runtime.metadata`), so a device needs
+no other file. Images go through the same letterbox / person crop and the same numpy decoders as
 training and evaluation. Nothing here imports TensorFlow.
 """
 
@@ -18,12 +18,10 @@ import numpy as np
 
 from tfqat.data import crop as crop_lib
 from tfqat.data.letterbox import letterbox_image
-from tfqat.export.metadata import read_metadata
-from tfqat.export.tflite_runner import TFLiteRunner
 from tfqat.postprocess import detection as detection_post
 from tfqat.postprocess import pose as pose_post
-
-__all__ = ["DetectionPredictor", "PosePredictor", "load"]
+from tfqat.runtime.backends import open_backend
+from tfqat.runtime.metadata import read_metadata
 
 
 def load(path: str, num_threads: int = 2):
@@ -37,27 +35,13 @@ def load(path: str, num_threads: int = 2):
         raise ValueError(
             f"{path}: metadata task {metadata['task']!r} is not one of {sorted(predictors)}"
         )
-    return predictors[metadata["task"]](_backend(path, metadata, num_threads), metadata)
-
-
-def _backend(path: str, metadata: dict, num_threads: int):
-    extension = os.path.splitext(path)[1].lower()
-    names = list(metadata["output_names"])
-    if extension == ".tflite":
-        return TFLiteRunner(path, num_threads=num_threads, output_order=names)
-    if extension in (".onnx", ".xml"):
-        from tfqat.export import intel_runtime
-
-        runner_class = (
-            intel_runtime.OnnxRunner if extension == ".onnx" else intel_runtime.OpenVINORunner
-        )
-        return runner_class(
-            path,
-            num_threads=num_threads,
-            output_order=names,
-            output_quantization=_integer_output_quantization(metadata),
-        )
-    raise ValueError(f"{path}: unknown model format; expected .tflite, .onnx or .xml")
+    backend = open_backend(
+        path,
+        num_threads=num_threads,
+        output_order=list(metadata["output_names"]),
+        output_quantization=_integer_output_quantization(metadata),
+    )
+    return predictors[metadata["task"]](backend, metadata)
 
 
 def _integer_output_quantization(metadata: dict) -> dict:

@@ -28,16 +28,26 @@ flags.register_multi_flags_validator(
 )
 
 
-def find_run_dir(path: str) -> str:
-    """The run directory a model path belongs to: the folder above it that holds flags.txt."""
-    current = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
-    while True:
-        if os.path.exists(os.path.join(current, "flags.txt")):
-            return current
-        parent = os.path.dirname(current)
-        if parent == current:
-            raise FileNotFoundError(f"{path} is not inside a tfqat run directory (no flags.txt)")
-        current = parent
+def evaluate_model(run, path: str) -> dict:
+    """The report row of a run directory (its latest float Keras weights) or an exported file."""
+    from tfqat.evaluate.artifacts import evaluate_exported, evaluate_keras
+    from tfqat.train.checkpoints import latest_float_stage, restore_stage_model
+
+    if os.path.isdir(path):
+        stage = latest_float_stage(run.model_dir)
+        model = restore_stage_model(run.task, run.model_dir, stage)
+        return evaluate_keras(run.task, model, "keras_float", run.model_dir)
+    return evaluate_exported(run.task, path, run.model_dir)
+
+
+def record_row(run, row: dict, output: str):
+    """Puts the row into the report at `output` (made from the run's report when missing)."""
+    from tfqat.evaluate import report as report_lib
+
+    report = report_lib.load_report(run.model_dir) or report_lib.new_report(run.task, run.paths, [])
+    report.update(run.paths)
+    report_lib.upsert_artifact(report, row)
+    report_lib.write_report(output, report)
 
 
 def main(argv):
@@ -45,13 +55,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not os.path.exists(FLAGS.model):
         raise app.UsageError(f"--model={FLAGS.model} does not exist")
-    from tfqat import runner
+    from tfqat.recipe.run_dir import find_run_dir, load_run
 
     model_dir = find_run_dir(FLAGS.model)
-    run = runner.load_run(model_dir, FLAGS.val_annotations, FLAGS.val_images)
-    row = runner.evaluate_artifact(run, FLAGS.model)
+    run = load_run(model_dir, FLAGS.val_annotations, FLAGS.val_images)
+    row = evaluate_model(run, FLAGS.model)
     output = FLAGS.output or os.path.join(model_dir, "report.json")
-    runner.record_artifact(run, row, output)
+    record_row(run, row, output)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items())
     print(f"{row['name']} ({row['path']}): {metrics}; predictions in {row['predictions']}")
 

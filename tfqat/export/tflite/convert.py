@@ -7,14 +7,15 @@ traces every layer: on the femto detector that took 23-125 s against 3.4 s here.
 
 The converted file's input is renamed "image", its outputs get the model's output names (TF-MOT's
 "quant_" prefix removed), in the Keras model's order, and a "serving_default" signature lists
-them (see `tfqat.export.tflite_runtime.set_io_names`).
+them (see `tfqat.export.tflite.flatbuffer.set_io_names`).
 """
 
 import warnings
 
 import numpy as np
 
-from tfqat.export.tflite_runtime import set_io_names
+from tfqat.export.tflite.flatbuffer import set_io_names
+from tfqat.runtime.tflite import strip_quant_prefix
 from tfqat.tf_compat import keras, tf
 
 __all__ = ["convert_float32", "convert_int8"]
@@ -23,7 +24,7 @@ _INPUT_NAME = "image"
 
 
 def _head_names(model: keras.Model) -> list[str]:
-    return [n[len("quant_") :] if n.startswith("quant_") else n for n in model.output_names]
+    return [strip_quant_prefix(n) for n in model.output_names]
 
 
 def _concrete_function(model: keras.Model):
@@ -96,7 +97,7 @@ def convert_int8(keras_model: keras.Model, representative_images) -> bytes:
     Optimize.DEFAULT, TFLITE_BUILTINS_INT8 only, int8 input and outputs. The representative
     images (float32 pixels 0..255; an iterable of [1, H, W, 3] or [B, H, W, 3] arrays, iterated
     once) calibrate what the QAT quantizers do not cover, or everything for PTQ. The input
-    quantization comes out as scale 1.0, zero point -128; `tfqat.export.tflite.validate_int8`
+    quantization comes out as scale 1.0, zero point -128; `validate.validate_int8`
     checks that and the rest.
     """
     return _convert(keras_model, representative_images, quantize=True)

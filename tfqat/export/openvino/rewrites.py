@@ -24,11 +24,10 @@ import os
 
 import numpy as np
 
-from tfqat.export.tflite_runtime import ExportValidationError
+from tfqat.export.errors import ExportValidationError
 from tfqat.fileio import atomic_write
 
 __all__ = [
-    "ExportValidationError",
     "check_ir_size",
     "check_onnx_int8",
     "check_openvino_int8",
@@ -608,7 +607,7 @@ def _intermediate_values(model, tensors, elem_type, images):
     import onnxruntime as ort
     from onnx import helper
 
-    from tfqat.export.intel_runtime import quantize_pixels
+    from tfqat.runtime.pixels import quantize_pixels
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -874,7 +873,7 @@ def _difference_in_steps(got, want, step) -> dict:
 
 def output_steps(tflite_path) -> dict:
     """{output name: scale} of an int8 .tflite's outputs: one int8 step of each output."""
-    from tfqat.export.tflite_runtime import inspect_model, output_names
+    from tfqat.export.tflite.flatbuffer import inspect_model, output_names
 
     outputs = inspect_model(tflite_path)["outputs"]
     return dict(zip(output_names(tflite_path), (float(o["scale"]) for o in outputs)))
@@ -900,8 +899,8 @@ def export_intel(
     Returns {"onnx": {...}, "openvino_int8": {...}, "openvino_float": {...},
     "conv_precisions": {precision: count}, "ir_size_ratio", "parity": {...}}.
     """
-    from tfqat.export.intel_runtime import OnnxRunner, OpenVINORunner
-    from tfqat.export.tflite_runtime import TFLiteRunner
+    from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
+    from tfqat.runtime.tflite import TFLiteRunner
 
     int8_tflite = os.path.join(export_dir, "model_int8.tflite")
     onnx_path = os.path.join(export_dir, "model_int8.onnx")
@@ -974,7 +973,7 @@ def _tflite_activations(tflite_path, images) -> dict:
     """{tensor name: (dequantized values [N, ...], scale)} of every int8 activation."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from tfqat.export.intel_runtime import quantize_pixels
+    from tfqat.runtime.pixels import quantize_pixels
 
     interpreter = Interpreter(
         model_path=os.fspath(tflite_path), experimental_preserve_all_tensors=True

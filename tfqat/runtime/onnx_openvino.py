@@ -3,9 +3,9 @@
 Nothing here imports TensorFlow, nor LiteRT: an Intel machine may have neither. onnxruntime and
 openvino are imported when a runner is built, so this module imports with numpy alone.
 
-Both runners have the interface of `tfqat.export.tflite_runner.TFLiteRunner`:
+Both runners have the interface of `tfqat.runtime.tflite.TFLiteRunner`:
 `runner(images)` takes float32 [N, H, W, 3] pixels 0..255 and returns the model's outputs as
-float32 arrays [N, ...], in `runner.output_names` order (for files from `tfqat.export.intel`:
+float32 arrays [N, ...], in `runner.output_names` order (for files from `tfqat.export.openvino`:
 the Keras model's order, e.g. box_p3, cls_p3, box_p4, ... or heatmaps), so they are
 `predict_fn`s for `task.predict`.
 
@@ -14,31 +14,16 @@ The input type says how pixels are fed, the same convention as the .tflite files
   * uint8: uint8 = pixel (scale 1.0, zero point 0);
   * float: the pixels as they are.
 Integer outputs are dequantized with `output_quantization` ({name: (scale, zero point)}), which
-files from `tfqat.export.intel` do not need: their outputs are float already.
+files from `tfqat.export.openvino` do not need: their outputs are float already.
 """
 
 import os
 
 import numpy as np
 
-__all__ = ["INPUT_QUANTIZATION", "OnnxRunner", "OpenVINORunner", "quantize_pixels"]
+from tfqat.runtime.pixels import quantize_pixels
 
-# (scale, zero point) of an int8 model input: int8 = pixel - 128, as in the .tflite files.
-INPUT_QUANTIZATION = (1.0, -128)
-_PIXEL_ZERO_POINTS = {np.dtype(np.int8): INPUT_QUANTIZATION[1], np.dtype(np.uint8): 0}
-
-
-def quantize_pixels(images, dtype) -> np.ndarray:
-    """Float pixels 0..255 [N, H, W, 3] -> the model's input type (see the module docstring)."""
-    images = np.asarray(images, np.float32)
-    if images.ndim == 3:
-        images = images[None]
-    dtype = np.dtype(dtype)
-    if dtype not in _PIXEL_ZERO_POINTS:
-        return images.astype(dtype)
-    info = np.iinfo(dtype)
-    quantized = np.round(images) + _PIXEL_ZERO_POINTS[dtype]
-    return np.clip(quantized, info.min, info.max).astype(dtype)
+__all__ = ["OnnxRunner", "OpenVINORunner"]
 
 
 def _dequantize(values, quantization):
@@ -73,7 +58,7 @@ class _Runner:
         return quantize_pixels(images, self.input_dtype)
 
     def raw(self, images) -> list[np.ndarray]:
-        """The outputs as the model computes them (float for files from tfqat.export.intel)."""
+        """The outputs as the model computes them (float for files from tfqat.export.openvino)."""
         inputs = self.quantize(images)
         chunk = self.batch or len(inputs)
         if len(inputs) % chunk:

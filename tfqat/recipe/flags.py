@@ -1,66 +1,12 @@
-"""The recipe schema: every flag of `tfqat.train`, defined on any FlagValues.
+"""The recipe schema: every flag of `python -m tfqat.train`, defined on any FlagValues.
 
-`tfqat.train` defines them on absl's global FLAGS; `tfqat.evaluate` and `tfqat.export` define
-them on a private FlagValues to read a run's `flags.txt` back.
+`tfqat.train` defines them on absl's global FLAGS; `tfqat.recipe.run_dir` defines them on a
+private FlagValues to read a run's `flags.txt` back.
 """
-
-import os
 
 from absl import flags
 
 from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
-
-RECIPE_FLAGS = [
-    "name",
-    "model_dir",
-    "task",
-    "dataset",
-    "train_annotations",
-    "train_images",
-    "val_annotations",
-    "val_images",
-    "num_train",
-    "num_val",
-    "synthetic_seed",
-    "exif_transpose",
-    "annotation_problems",
-    "model_size",
-    "activation",
-    "input_size",
-    "init_checkpoint",
-    "stages",
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "final_lr_ratio",
-    "ema_decay",
-    "ema_tau",
-    "eval_every",
-    "seed",
-    "augment",
-    "mosaic",
-    "jitter",
-    "min_box_size",
-    "qat_epochs",
-    "qat_lr",
-    "calibration_images",
-    "prune_epochs",
-    "prune_lr",
-    "target_sparsity",
-    "pruning_schedule",
-    "pruning_end",
-    "prune_exclude",
-    "m_by_n",
-    "min_output_levels",
-    "flip_prob",
-    "rotation_prob",
-    "rotation",
-    "scale_range",
-]
 
 # The stage sequences a recipe may run.
 STAGE_SEQUENCES = [["float"], ["float", "qat"], ["float", "prune", "pqat"]]
@@ -219,6 +165,13 @@ def define_flags(fv: flags.FlagValues):
     )
 
 
+def recipe_flag_names() -> list[str]:
+    """Every recipe flag, in definition order: what flags.txt records."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    return list(fv)
+
+
 def check(fv):
     """Contradictory flags fail here, before any work."""
     given = [f for f in PATH_FLAGS if getattr(fv, f)]
@@ -240,107 +193,3 @@ def check(fv):
         raise ValueError("--input_size must be height,width, both multiples of 32")
     if not (fv.model_dir or fv.name):
         raise ValueError("give --model_dir or --name")
-
-
-def dataset_paths(fv) -> dict:
-    if fv.train_annotations:
-        return {f: os.path.abspath(getattr(fv, f)) for f in PATH_FLAGS}
-    from tfqat.data.synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic
-
-    # Detection images are made at the model's input size; pose crops come from full-size
-    # synthetic images, whatever the crop size.
-    image_size = max(input_size(fv)) if fv.task == "detection" else DEFAULT_IMAGE_SIZE
-    return ensure_synthetic(
-        fv.task,
-        num_train=fv.num_train,
-        num_val=fv.num_val,
-        seed=fv.synthetic_seed,
-        image_size=image_size,
-    )
-
-
-def input_size(fv):
-    return tuple(int(v) for v in fv.input_size)
-
-
-def make_task(fv, train, val):
-    if fv.task == "pose":
-        from tfqat.tasks.pose import PoseConfig, PoseTask
-
-        config = PoseConfig(
-            input_size=input_size(fv),
-            model_size=fv.model_size,
-            activation=fv.activation,
-            batch_size=fv.batch_size,
-            augment=fv.augment,
-            flip_prob=fv.flip_prob,
-            scale_range=tuple(float(v) for v in fv.scale_range),
-            rotation_prob=fv.rotation_prob,
-            max_rotation=fv.rotation,
-            seed=fv.seed,
-        )
-        return PoseTask(config, train, val)
-    from tfqat.tasks.detection import DetectionConfig, DetectionTask
-
-    config = DetectionConfig(
-        input_size=input_size(fv),
-        model_size=fv.model_size,
-        activation=fv.activation,
-        batch_size=fv.batch_size,
-        augment=fv.augment,
-        mosaic=fv.mosaic,
-        jitter=tuple(float(v) for v in fv.jitter),
-        min_box_size=fv.min_box_size,
-        seed=fv.seed,
-    )
-    return DetectionTask(config, train, val)
-
-
-def stage_configs(fv, task):
-    from tfqat.training import StageConfig
-
-    def stage(name, epochs, lr, warmup_epochs):
-        return StageConfig(
-            name=name,
-            epochs=epochs,
-            steps_per_epoch=task.steps_per_epoch,
-            learning_rate=lr,
-            optimizer=fv.optimizer,
-            momentum=fv.momentum,
-            weight_decay=fv.weight_decay,
-            warmup_epochs=warmup_epochs,
-            final_lr_ratio=fv.final_lr_ratio,
-            ema_decay=fv.ema_decay,
-            ema_tau=fv.ema_tau,
-            eval_every=fv.eval_every,
-            seed=fv.seed,
-        )
-
-    stages = [stage("float", fv.epochs, fv.lr, fv.warmup_epochs)]
-    # The float_reference* stages continue the float model with the schedules and data order of
-    # the stages after float, so keras_float has trained exactly as long as keras_qat.
-    if "prune" in fv.stages:
-        stages += [
-            stage("prune", fv.prune_epochs, fv.prune_lr, 0.0),
-            stage("float_reference_prune", fv.prune_epochs, fv.prune_lr, 0.0),
-        ]
-    for name in ("qat", "pqat"):
-        if name in fv.stages:
-            stages += [
-                stage(name, fv.qat_epochs, fv.qat_lr, 0.0),
-                stage("float_reference", fv.qat_epochs, fv.qat_lr, 0.0),
-            ]
-    return stages
-
-
-def pruning_options(fv):
-    from tfqat.optimize.prune import PruningOptions
-
-    m_by_n = tuple(int(v) for v in fv.m_by_n) if fv.m_by_n else None
-    return PruningOptions(
-        target_sparsity=fv.target_sparsity,
-        schedule=fv.pruning_schedule,
-        end_fraction=fv.pruning_end,
-        exclude=tuple(fv.prune_exclude),
-        m_by_n=m_by_n,
-    )

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from tfqat.tf_compat import keras, tf
+from tfqat.train.checkpoints import stage_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,7 +167,7 @@ def fit(
         seconds=seconds,
     )
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, "checkpoints", config.name), max_to_keep=2
+        checkpoint, stage_dir(model_dir, config.name), max_to_keep=2
     )
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()

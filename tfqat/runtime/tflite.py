@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-_TFMOT_PREFIX = "quant_"
+# TF-MOT names each quantized layer "quant_<layer>"; our file names are the Keras layers'.
+TFMOT_PREFIX = "quant_"
 
 
 def interpreter_module():
@@ -26,10 +27,10 @@ def interpreter_module():
     return interpreter
 
 
-def normalise_name(name: str) -> str:
+def strip_quant_prefix(name: str) -> str:
     """'quant_box_p3:0' -> 'box_p3' (TF-MOT's prefix and the tensor suffix removed)."""
     name = name.split(":")[0]
-    return name[len(_TFMOT_PREFIX) :] if name.startswith(_TFMOT_PREFIX) else name
+    return name.removeprefix(TFMOT_PREFIX)
 
 
 def interpreter_output_names(interpreter) -> list[str]:
@@ -41,7 +42,7 @@ def interpreter_output_names(interpreter) -> list[str]:
         runner = interpreter.get_signature_runner(next(iter(signatures)))
         by_index = {d["index"]: name for name, d in runner.get_output_details().items()}
     details = interpreter.get_output_details()
-    return [normalise_name(by_index.get(d["index"], d["name"])) for d in details]
+    return [strip_quant_prefix(by_index.get(d["index"], d["name"])) for d in details]
 
 
 def _quantize(values, detail):
@@ -61,7 +62,7 @@ def _dequantize(values, detail):
 
 
 class TFLiteRunner:
-    """Runs a .tflite file on float32 pixel batches: a `predict_fn` for tfqat.evaluation.
+    """Runs a .tflite file on float32 pixel batches: a `predict_fn` for `task.predict`.
 
     `runner(images)` takes float32 [B, H, W, 3] pixels 0..255, quantizes them with the file's
     own input scale and zero point (for an int8 file), runs image by image (or the whole batch

@@ -13,10 +13,10 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9))
 
 
-def kernel_sparsity(kernels) -> float:
-    """Fraction of exact zeros over the given conv/dense kernels."""
-    total = sum(k.size for k in kernels)
-    zeros = sum(int((np.asarray(k) == 0).sum()) for k in kernels)
+def zero_fraction(arrays) -> float:
+    """Fraction of exact zeros over the given arrays (conv/dense kernels)."""
+    total = sum(a.size for a in arrays)
+    zeros = sum(int((np.asarray(a) == 0).sum()) for a in arrays)
     return zeros / total if total else 0.0
 
 
@@ -33,6 +33,17 @@ def artifact_row(
         "sparsity": round(float(sparsity), 6),
         "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
         "predictions": os.path.relpath(predictions, model_dir),
+    }
+
+
+def new_report(task, paths: dict, stages: list) -> dict:
+    """A report with no artifact yet: the task, its input size, the dataset paths, the stages."""
+    return {
+        "task": task.name,
+        "input_size": list(task.config.input_size),
+        **paths,
+        "stages": stages,
+        "artifacts": [],
     }
 
 

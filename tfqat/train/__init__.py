@@ -1,0 +1,4 @@
+"""4. Training: the loop (`loop`: schedule, EMA, checkpoints, NaN guard), the stage sequence
+(`stages`: float -> prune -> qat/pqat -> float_reference) and `checkpoints`; the CLI is
+`python -m tfqat.train`. May import data, models, losses, tasks, optimize.
+"""
