@@ -2,33 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8"]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pose_recipe")
-    model_dir = root / "run"
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(root / "cache"))
-    command = [
-        sys.executable,
-        "-m",
-        "tfqat.train",
-        "--flagfile=configs/smoke_pose.flags",
-        f"--model_dir={model_dir}",
-    ]
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    return model_dir
-
-
 @pytest.mark.slow
-def test_smoke_pose_recipe_writes_the_run_directory(smoke_run):
+def test_smoke_pose_recipe_writes_the_run_directory(smoke_pose_run):
     for path in [
         "flags.txt",
         "report.json",
@@ -37,10 +18,10 @@ def test_smoke_pose_recipe_writes_the_run_directory(smoke_run):
         "export/model_int8_ptq.tflite",
         "export/model_float32.tflite",
     ] + [f"predictions/{name}.json" for name in ARTIFACTS]:
-        assert (smoke_run / path).exists(), path
-    assert any(f.startswith("events") for f in os.listdir(smoke_run / "train"))
-    assert any(f.startswith("events") for f in os.listdir(smoke_run / "validation"))
-    report = json.loads((smoke_run / "report.json").read_text())
+        assert (smoke_pose_run / path).exists(), path
+    assert any(f.startswith("events") for f in os.listdir(smoke_pose_run / "train"))
+    assert any(f.startswith("events") for f in os.listdir(smoke_pose_run / "validation"))
+    report = json.loads((smoke_pose_run / "report.json").read_text())
     assert report["task"] == "pose" and report["input_size"] == [64, 32]
     assert report["val_annotations"].endswith("person_keypoints_val.json")
     assert os.path.isabs(report["val_annotations"])
@@ -52,17 +33,17 @@ def test_smoke_pose_recipe_writes_the_run_directory(smoke_run):
 
 
 @pytest.mark.slow
-def test_smoke_pose_ap_recomputes_from_predictions_with_pycocotools_alone(smoke_run):
+def test_smoke_pose_ap_recomputes_from_predictions_with_pycocotools_alone(smoke_pose_run):
     import contextlib
     import io
 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    report = json.loads((smoke_run / "report.json").read_text())
+    report = json.loads((smoke_pose_run / "report.json").read_text())
     row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
     assert row["precision"] == "int8" and row["size_bytes"] > 0
-    results = json.loads((smoke_run / row["predictions"]).read_text())
+    results = json.loads((smoke_pose_run / row["predictions"]).read_text())
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(report["val_annotations"])
         evaluator = COCOeval(gt, gt.loadRes(results), "keypoints")

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-from test_qat import init_batchnorm, small_detector, textured_images
+from conftest import init_batchnorm, small_detector, textured_images
 
 from tfqat.export.tflite.convert import convert_int8
 from tfqat.export.tflite.flatbuffer import tflite_kernel_sparsity, tflite_sparsity_by_layer
 from tfqat.export.tflite.validate import validate_int8
 from tfqat.models.yolo import build_yolo
-from tfqat.optimize import prune, qat
+from tfqat.optimize import prune, qat, ranges
 from tfqat.tf_compat import keras, tf
 
 PRUNED_IN_SMALL = {
@@ -159,7 +159,7 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
 
     qat_model = qat.quantize(sparse, "prune_preserve")
     train_steps(qat_model, images, 2)
-    qat.calibrate(qat_model, sparse, images)
+    ranges.calibrate(qat_model, sparse, images)
     assert prune.kernel_sparsity(qat_model, PRUNED_IN_SMALL) == pytest.approx(0.5, abs=0.01)
     data = convert_int8(qat_model, images)
     validate_int8(data, images, score_output_names=("cls_p3",))
@@ -177,7 +177,7 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
     dense_float = small_detector()
     init_batchnorm(dense_float, images)
     dense = qat.quantize(dense_float)
-    qat.calibrate(dense, dense_float, images)
+    ranges.calibrate(dense, dense_float, images)
     (tmp_path / "pruned.tflite").write_bytes(data)
     (tmp_path / "dense.tflite").write_bytes(convert_int8(dense, images))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,75 +1,20 @@
-"""QAT: layer support check, quantize on the detector, ranges, save -> load, int8 fidelity.
-
-The helpers at the top (`small_detector`, `textured_images`, `init_batchnorm`, `quantize_ready`)
-are shared with test_prune.py and test_tflite_export.py.
-"""
+"""QAT: layer support check, quantize on the detector, ranges, save -> load, int8 fidelity."""
 
 import os
 
 import numpy as np
 import pytest
+from conftest import init_batchnorm, quantize_ready, small_detector, textured_images
 
 from tfqat.export.tflite.convert import convert_int8
 from tfqat.export.tflite.validate import validate_int8
-from tfqat.models import yolo
 from tfqat.models.yolo import OUTPUT_NAMES, build_yolo
 from tfqat.optimize import prune, qat
+from tfqat.optimize.ranges import calibrate, quantizer_ranges
 from tfqat.runtime.tflite import TFLiteRunner
 from tfqat.tf_compat import keras, tf
 
 layers = keras.layers
-
-
-# === Shared helpers ===
-
-
-def textured_images(n, size=64, seed=0):
-    """Blocky colour images with noise, pixels 0..255, with both extremes present."""
-    rs = np.random.RandomState(seed)
-    low = rs.uniform(0, 255, (n, 8, 8, 3))
-    images = np.kron(low, np.ones((1, size // 8, size // 8, 1)))
-    images += rs.normal(0, 20, images.shape)
-    images[:, :2], images[:, -2:] = 0.0, 255.0
-    return np.clip(images, 0, 255).astype(np.float32)
-
-
-def init_batchnorm(model, images):
-    """BatchNorm moving statistics from one batch, so a random net has sane activations.
-
-    At initialisation the moving statistics are (0, 1) while the stem sees pixels 0..255: every
-    activation saturates and the outputs barely depend on the image.
-    """
-    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(images, training=True)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-
-
-def small_detector(activation="relu6", num_classes=3):
-    """A shallow net from the detector's own blocks (stem, C2f, SPPF, upsample, concat, heads)."""
-    keras.utils.set_random_seed(0)
-    act = yolo.ACTIVATIONS[activation]
-    image = keras.Input((64, 64, 3), name="image")
-    x = yolo.conv_bn_act(image, 16, 3, 2, "stem", act)
-    x = yolo.conv_bn_act(x, 32, 3, 2, "down", act)
-    x = yolo.c2f(x, 32, 1, True, "c2f", act)
-    x = yolo.sppf(x, 32, "sppf", act)
-    x = layers.UpSampling2D(2, name="up")(x)
-    x = layers.Concatenate(name="cat")([x, yolo.conv_bn_act(image, 32, 3, 2, "side", act)])
-    box = layers.Conv2D(16, 1, name="box_p3")(yolo.conv_bn_act(x, 16, 3, 1, "box_cv", act))
-    cls = layers.Conv2D(num_classes, 1, name="cls_p3")(yolo.conv_bn_act(x, 16, 3, 1, "cls_cv", act))
-    return keras.Model(image, [box, cls], name=f"small_{activation}")
-
-
-def quantize_ready(model, images, scheme="default"):
-    """QAT model after one training-mode pass and a range calibration."""
-    qat_model = qat.quantize(model, scheme)
-    qat_model(images[:4], training=True)
-    qat.calibrate(qat_model, model, images)
-    return qat_model
 
 
 def diff_in_steps(runner, tflite_outputs, keras_outputs):
@@ -135,7 +80,7 @@ def test_quantizes_layers_the_default_scheme_lacks():
     init_batchnorm(model, images)
     for scheme in qat.SCHEMES:
         qat_model = quantize_ready(model, images, scheme)
-        ranges = qat.quantizer_ranges(qat_model)
+        ranges = quantizer_ranges(qat_model)
         assert "quant_stem/kernel" in ranges  # TF-MOT itself would train this kernel in float
         assert "quant_up_bn/output" in ranges
         data = convert_int8(qat_model, images)
@@ -157,7 +102,7 @@ def _check_detector_qat(model):
     assert wrapped == {"InputLayer", "QuantizeLayer", "QuantizeWrapperV2"}
     images = textured_images(2)
     qat_model(images, training=True)
-    ranges = qat.quantizer_ranges(qat_model)
+    ranges = quantizer_ranges(qat_model)
     assert ranges["quantize_image/input"] == qat.INPUT_RANGE
     convs = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
     assert all(f"quant_{name}/kernel" in ranges for name in convs)
@@ -179,7 +124,7 @@ def test_input_range_stays_fixed_during_training():
     model = small_detector()
     qat_model = qat.quantize(model)
     qat_model(np.full((2, 64, 64, 3), 300.0, np.float32), training=True)  # out-of-range pixels
-    assert qat.quantizer_ranges(qat_model)["quantize_image/input"] == (0.0, 255.0)
+    assert quantizer_ranges(qat_model)["quantize_image/input"] == (0.0, 255.0)
 
 
 def test_calibrate_sets_ranges_from_float_activations():
@@ -189,10 +134,10 @@ def test_calibrate_sets_ranges_from_float_activations():
     qat_model = qat.quantize(model)
     qat_model(images[:2], training=True)
     # One step moves TF-MOT's initial [-6, 6] range by 0.1 % only.
-    assert qat.quantizer_ranges(qat_model)["quant_cls_p3/output"][1] > 5.9
-    qat.calibrate(qat_model, model, images)
+    assert quantizer_ranges(qat_model)["quant_cls_p3/output"][1] > 5.9
+    calibrate(qat_model, model, images)
     cls = np.asarray(model(images)[1])
-    low, high = qat.quantizer_ranges(qat_model)["quant_cls_p3/output"]
+    low, high = quantizer_ranges(qat_model)["quant_cls_p3/output"]
     assert low == pytest.approx(min(cls.min(), 0.0), rel=1e-5)
     assert high == pytest.approx(max(cls.max(), 0.0), rel=1e-5)
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from test_qat import init_batchnorm, quantize_ready, small_detector, textured_images
+from conftest import init_batchnorm, quantize_ready, small_detector, textured_images
 
 from tfqat.export.errors import ExportValidationError
 from tfqat.export.tflite import convert as tflite_convert

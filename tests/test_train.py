@@ -7,11 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, run_recipe
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ToyTask:
@@ -128,30 +127,8 @@ EXPORTED = [
 ]
 
 
-def run_smoke(model_dir, cache, *flags):
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
-    command = [
-        sys.executable,
-        "-m",
-        "tfqat.train",
-        "--flagfile=configs/smoke_yolo.flags",
-        f"--model_dir={model_dir}",
-        *flags,
-    ]
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    return json.loads((model_dir / "report.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke recipe (float, QAT, every export) run once for this module's tests."""
-    root = tmp_path_factory.mktemp("smoke_yolo")
-    run_smoke(root / "run", root / "cache")
-    return root / "run"
-
-
-def test_smoke_recipe_writes_the_run_directory(smoke_run):
-    model_dir = smoke_run
+def test_smoke_recipe_writes_the_run_directory(smoke_yolo_run):
+    model_dir = smoke_yolo_run
     for path in (
         ["flags.txt", "report.json", "report.md"]
         + [f"export/{f}" for f in EXPORTED]
@@ -180,40 +157,44 @@ def test_smoke_recipe_writes_the_run_directory(smoke_run):
 
 
 @pytest.mark.slow
-def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_run):
-    before = json.loads((smoke_run / "report.json").read_text())
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_run.parent / "cache"))
+def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_yolo_run):
+    before = json.loads((smoke_yolo_run / "report.json").read_text())
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_yolo_run.parent / "cache"))
     subprocess.run(
-        [sys.executable, "-m", "tfqat.train", f"--flagfile={smoke_run}/flags.txt"],
+        [sys.executable, "-m", "tfqat.train", f"--flagfile={smoke_yolo_run}/flags.txt"],
         cwd=REPO,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     )
-    assert json.loads((smoke_run / "report.json").read_text())["stages"] == before["stages"]
+    assert json.loads((smoke_yolo_run / "report.json").read_text())["stages"] == before["stages"]
 
 
 @pytest.mark.slow
-def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_run):
-    int8 = smoke_run / "export" / "model_int8.tflite"
+def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_yolo_run):
+    int8 = smoke_yolo_run / "export" / "model_int8.tflite"
     int8.unlink()
     subprocess.run(
-        [sys.executable, "-m", "tfqat.export", f"--model_dir={smoke_run}"],
+        [sys.executable, "-m", "tfqat.export", f"--model_dir={smoke_yolo_run}"],
         cwd=REPO,
         check=True,
         capture_output=True,
         text=True,
     )
-    report = json.loads((smoke_run / "report.json").read_text())
+    report = json.loads((smoke_yolo_run / "report.json").read_text())
     assert int8.exists()
     assert sorted(a["name"] for a in report["artifacts"]) == sorted(ARTIFACTS)
 
 
 @pytest.mark.slow
 def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(tmp_path):
-    report = run_smoke(
-        tmp_path / "run", tmp_path / "cache", "--stages=float,prune,pqat", "--prune_epochs=2"
+    report = run_recipe(
+        "smoke_yolo.flags",
+        tmp_path / "run",
+        tmp_path / "cache",
+        "--stages=float,prune,pqat",
+        "--prune_epochs=2",
     )
     assert [s["name"] for s in report["stages"]] == [
         "float",

@@ -7,7 +7,7 @@ that has no TensorFlow. Modules that need TensorFlow import it through `tfqat.tf
 
 import os
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

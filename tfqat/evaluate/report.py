@@ -1,4 +1,6 @@
-"""report.json / report.md of a run: one row per artifact (CONTRACT.md). No TensorFlow."""
+"""report.json / report.md of a run: one row per artifact (README.md, "report.json").
+
+No TensorFlow."""
 
 import gzip
 import json

@@ -3,7 +3,7 @@
     python -m tfqat.export --model_dir=DIR
 
 Rebuilds the QAT (or PQAT) model and the fair float model from DIR's checkpoints, then writes
-what the end of `tfqat.train` writes (CONTRACT.md): export/model_float32.tflite,
+what the end of `tfqat.train` writes (README.md, "Run directory"): export/model_float32.tflite,
 model_int8.tflite, model_int8_ptq.tflite, model_int8.onnx, openvino/model_int8.xml/.bin,
 openvino/model_float.xml/.bin and metadata.json; every file is validated, evaluated on the run's
 val set (predictions/<artifact>.json, rows in report.json) and compared across backends.

@@ -1,4 +1,4 @@
-"""Every file a run exports (CONTRACT.md's export/): converted, validated, then written.
+"""Every file a run exports (README.md, "Run directory"): converted, validated, then written.
 
 `tfqat.evaluate.artifacts.export_and_evaluate` calls `export_files` at the end of a recipe and
 from `python -m tfqat.export`, so a run's files are the same whichever wrote them.

@@ -53,7 +53,7 @@ def run_stages(
     quantize_stage = "pqat" if "pqat" in by_name else "qat" if "qat" in by_name else None
     if quantize_stage is None:
         return TrainedStages(trained, records, None)
-    from tfqat.optimize import qat
+    from tfqat.optimize import qat, ranges
 
     calibration = task.preprocessed_images(calibration_images)
     base = float_stage.model
@@ -61,7 +61,7 @@ def run_stages(
         base = train_pruned(train, base, pruning, by_name["prune"].total_steps)
     with qat.qat_scope():
         qat_model = qat.quantize(clone_with_weights(base), QAT_SCHEMES[quantize_stage])
-        qat.calibrate(qat_model, base, calibration)
+        ranges.calibrate(qat_model, base, calibration)
         trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
@@ -110,9 +110,9 @@ def clone_with_weights(model):
 
 def quantizer_range_summaries(model, step, writer):
     """TensorBoard: every QAT quantizer's range, to watch ranges settle (or explode)."""
-    from tfqat.optimize import qat
+    from tfqat.optimize import ranges
 
     with writer.as_default(step=step):
-        for name, (low, high) in qat.quantizer_ranges(model).items():
+        for name, (low, high) in ranges.quantizer_ranges(model).items():
             tf.summary.scalar(f"quantizer_range/{name}/min", low)
             tf.summary.scalar(f"quantizer_range/{name}/max", high)

@@ -1,0 +1,102 @@
+"""Fixtures and helpers shared by the test modules.
+
+Helpers that build things (`small_detector`, `textured_images`, ...) are plain functions that
+test modules import (`from conftest import small_detector`); pytest puts tests/ on sys.path.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfqat.models.layers import ACTIVATIONS, c2f, conv_bn_act, sppf
+from tfqat.optimize import qat, ranges
+from tfqat.tf_compat import keras
+
+layers = keras.layers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
+    """`python -m tfqat.train --flagfile=configs/<flagfile>` in a subprocess, with a private
+    dataset cache; returns the run's report.json."""
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
+    command = [
+        sys.executable,
+        "-m",
+        "tfqat.train",
+        f"--flagfile=configs/{flagfile}",
+        f"--model_dir={model_dir}",
+        *flags,
+    ]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    return json.loads((model_dir / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_yolo_run(tmp_path_factory):
+    """The detector smoke recipe (float, QAT, every export), run once per session."""
+    root = tmp_path_factory.mktemp("smoke_yolo")
+    run_recipe("smoke_yolo.flags", root / "run", root / "cache")
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def smoke_pose_run(tmp_path_factory):
+    """The pose smoke recipe, run once per session."""
+    root = tmp_path_factory.mktemp("smoke_pose")
+    run_recipe("smoke_pose.flags", root / "run", root / "cache")
+    return root / "run"
+
+
+def textured_images(n, size=64, seed=0):
+    """Blocky colour images with noise, pixels 0..255, with both extremes present."""
+    rs = np.random.RandomState(seed)
+    low = rs.uniform(0, 255, (n, 8, 8, 3))
+    images = np.kron(low, np.ones((1, size // 8, size // 8, 1)))
+    images += rs.normal(0, 20, images.shape)
+    images[:, :2], images[:, -2:] = 0.0, 255.0
+    return np.clip(images, 0, 255).astype(np.float32)
+
+
+def init_batchnorm(model, images):
+    """BatchNorm moving statistics from one batch, so a random net has sane activations.
+
+    At initialisation the moving statistics are (0, 1) while the stem sees pixels 0..255: every
+    activation saturates and the outputs barely depend on the image.
+    """
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(images, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+def small_detector(activation="relu6", num_classes=3):
+    """A shallow net from the detector's own blocks (stem, C2f, SPPF, upsample, concat, heads)."""
+    keras.utils.set_random_seed(0)
+    act = ACTIVATIONS[activation]
+    image = keras.Input((64, 64, 3), name="image")
+    x = conv_bn_act(image, 16, 3, 2, "stem", act)
+    x = conv_bn_act(x, 32, 3, 2, "down", act)
+    x = c2f(x, 32, 1, True, "c2f", act)
+    x = sppf(x, 32, "sppf", act)
+    x = layers.UpSampling2D(2, name="up")(x)
+    x = layers.Concatenate(name="cat")([x, conv_bn_act(image, 32, 3, 2, "side", act)])
+    box = layers.Conv2D(16, 1, name="box_p3")(conv_bn_act(x, 16, 3, 1, "box_cv", act))
+    cls = layers.Conv2D(num_classes, 1, name="cls_p3")(conv_bn_act(x, 16, 3, 1, "cls_cv", act))
+    return keras.Model(image, [box, cls], name=f"small_{activation}")
+
+
+def quantize_ready(model, images, scheme="default"):
+    """QAT model after one training-mode pass and a range calibration."""
+    qat_model = qat.quantize(model, scheme)
+    qat_model(images[:4], training=True)
+    ranges.calibrate(qat_model, model, images)
+    return qat_model
