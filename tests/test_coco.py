@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from tfqat.data import coco
-from tfqat.data.coco import DatasetError, decode_image, load_coco
+from tfqat.data.coco import DatasetError, image_files, load_coco
+from tfqat.data.images import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 ANN_FILE = "instances_val.json"
@@ -502,7 +502,7 @@ def count_decodes(monkeypatch):
         calls.append(path)
         return decode_image(path, exif_transpose)
 
-    monkeypatch.setattr(coco, "decode_image", counting_decode)
+    monkeypatch.setattr(image_files, "decode_image", counting_decode)
     return calls
 
 
@@ -560,7 +560,8 @@ def run_python(*args):
 
 
 def test_coco_module_does_not_import_tensorflow():
-    result = run_python("-c", "import sys, tfqat.data.coco; print('tensorflow' in sys.modules)")
+    code = "import sys, tfqat.data.coco, tfqat.data.images; print('tensorflow' in sys.modules)"
+    result = run_python("-c", code)
     assert result.stdout.strip() == "False", result.stderr
 
 

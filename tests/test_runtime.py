@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from tfqat import runtime
-from tfqat.data.coco import decode_image, load_coco
+from tfqat.data.coco import load_coco
+from tfqat.data.images import decode_image
 from tfqat.data.synthetic import ensure_synthetic
 from tfqat.export import metadata as metadata_lib
 from tfqat.runtime import metadata as runtime_metadata

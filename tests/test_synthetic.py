@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tfqat.data import synthetic
+from tfqat.data.synthetic import writer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"num_train": 8, "num_val": 4}
@@ -104,7 +105,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_worker_processes_draw_the_same_bytes(tmp_path, monkeypatch):
     synthetic.make_detection(str(tmp_path / "in_process"), num_train=5, num_val=3)
-    monkeypatch.setattr(synthetic, "_MIN_IMAGES_FOR_WORKERS", 0)
+    monkeypatch.setattr(writer, "_MIN_IMAGES_FOR_WORKERS", 0)
     synthetic.make_detection(str(tmp_path / "workers"), num_train=5, num_val=3)
     assert _dataset_files(str(tmp_path / "in_process")) == _dataset_files(str(tmp_path / "workers"))
 
@@ -196,7 +197,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(job):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(synthetic, "_render_split", fail)
+    monkeypatch.setattr(writer, "_render_split", fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         synthetic.make_pose(str(tmp_path / "data"), num_train=1, num_val=1)
     assert os.listdir(tmp_path) == []

@@ -94,7 +94,7 @@ def _pip(python: str, *args):
 
 def raw_outputs(model_path: str, image_paths, reference_kernels=False) -> tuple[str, dict]:
     """(runtime name, {output name: raw outputs [N, ...]}) on the letterboxed images."""
-    from tfqat.data.coco import decode_image
+    from tfqat.data.images import decode_image
     from tfqat.data.letterbox import letterbox_image
     from tfqat.runtime.tflite import TFLiteRunner
 

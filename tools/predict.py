@@ -20,8 +20,8 @@ import numpy as np
 from absl import app, flags
 
 from tfqat import runtime
-from tfqat.data.coco import decode_image
 from tfqat.data.draw import draw_boxes, draw_keypoints
+from tfqat.data.images import decode_image
 from tfqat.fileio import atomic_write
 
 FLAGS = flags.FLAGS

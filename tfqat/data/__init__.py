@@ -1,3 +1,2 @@
-"""1. Data: COCO readers and the dataset validator (`coco`), synthetic sets (`synthetic`),
-letterbox / crop geometry and the tf.data pipelines. Imports no other tfqat package; only
-`pipeline` imports TensorFlow."""
+"""1. Data: COCO reading (`coco`), synthetic sets (`synthetic`), decoding (`images`), letterbox /
+crop geometry, tf.data pipelines. May import `tfqat.fileio` only; TensorFlow only in `pipeline`."""

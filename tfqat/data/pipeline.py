@@ -7,7 +7,8 @@ and the TF-free runtime use, so a model sees identical pixels in training and on
 import numpy as np
 
 from tfqat.data import crop as crop_lib
-from tfqat.data.coco import CocoDataset, decode_image
+from tfqat.data.coco import CocoDataset
+from tfqat.data.images import decode_image
 from tfqat.data.letterbox import boxes_to_input, letterbox_image, letterbox_params
 from tfqat.tf_compat import tf
 

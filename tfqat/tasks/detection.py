@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 
 from tfqat.data import draw, pipeline
-from tfqat.data.coco import CocoDataset, decode_image
+from tfqat.data.coco import CocoDataset
+from tfqat.data.images import decode_image
 from tfqat.data.letterbox import letterbox_image
 from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.postprocess import detection as post

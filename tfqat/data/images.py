@@ -1,0 +1,37 @@
+"""Image decoding and the cache folder, shared by the COCO reader, the synthetic sets, the
+pipelines and the tools: numpy + PIL only (no TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def default_cache_dir() -> str:
+    """$TFQAT_CACHE_DIR, else ~/.cache/tfqat: where image checks and synthetic sets are cached."""
+    return os.environ.get("TFQAT_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tfqat"
+    )
+
+
+def decode_image(path: str, exif_transpose: bool = False) -> np.ndarray:
+    """Decodes an image file fully into an HxWx3 uint8 RGB array.
+
+    EXIF orientation is ignored unless `exif_transpose` (as TensorFlow's decoders and COCO's
+    declared sizes do). Truncated files raise unless PIL's LOAD_TRUNCATED_IMAGES was switched on.
+    """
+    with Image.open(path) as img:
+        img.load()
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        return np.array(_to_rgb(img), dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palette transparency is only honoured through RGBA
+    return img.convert("RGB")
