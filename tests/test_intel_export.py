@@ -10,8 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tfqat.evaluate.parity import layer_report, output_steps, parity
 from tfqat.export.errors import ExportValidationError
-from tfqat.export.openvino import rewrites as intel
+from tfqat.export.openvino.checks import check_ir_size, check_onnx_int8, check_openvino_int8
+from tfqat.export.openvino.convert import export_intel, onnx_to_openvino
+from tfqat.export.openvino.onnx_graph import Graph
+from tfqat.export.openvino.pair_saturation import fit_pairs_to_int16
+from tfqat.export.openvino.rewrites import rewrite_for_openvino
 from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
 
 # === A hand-made QDQ graph: fast, no TensorFlow ===
@@ -93,19 +98,19 @@ def test_onnx_runner_quantizes_input_loops_batch_and_dequantizes(tmp_path, pixel
 def test_rewrite_gives_float_io_and_openvino_runs_the_conv_in_int8(tmp_path, pixels):
     path = str(tmp_path / "m.onnx")
     model = qdq_conv_onnx(path)
-    summary = intel.rewrite_for_openvino(model)
+    summary = rewrite_for_openvino(model)
     assert summary["float_outputs"] == ["out"] and len(summary["float_input"]) == 1
     onnx.save(model, path)
-    assert intel.check_onnx_int8(path) == {"convs": 1, "int8_weight_convs": 1}
+    assert check_onnx_int8(path) == {"convs": 1, "int8_weight_convs": 1}
     # The first convolution's weights went to 7 bits (scale x2); the output is not rounded.
     seven_bit = np.clip(np.round(conv_weights() / 2), -64, 63).astype(np.float32) * 0.02
     expected = reference_conv(pixels, seven_bit, output_step=None)
     np.testing.assert_allclose(OnnxRunner(path)(pixels)[0], expected, rtol=1e-5, atol=1e-3)
-    ir = intel.onnx_to_openvino(path, str(tmp_path / "ov" / "m.xml"))
+    ir = onnx_to_openvino(path, str(tmp_path / "ov" / "m.xml"))
     assert ir["input_shape"] == [1, 8, 8, 3]
     # f32: on CPUs with AVX512-BF16 or AMX, OpenVINO runs the float tail in bf16 by default.
     runner = OpenVINORunner(ir["xml"], precision_hint="f32")
-    assert intel.check_openvino_int8(runner.compiled) == {"u8": 1}
+    assert check_openvino_int8(runner.compiled) == {"u8": 1}
     np.testing.assert_allclose(runner(pixels)[0], expected, rtol=1e-5, atol=1e-3)
 
 
@@ -113,14 +118,14 @@ def test_validators_name_what_is_not_int8(tmp_path):
     path = str(tmp_path / "float_weights.onnx")
     model = qdq_conv_onnx(path, int8_weights=False)
     with pytest.raises(ExportValidationError, match="Conv 'conv': weights 'w' are not int8"):
-        intel.check_onnx_int8(path)
-    intel.rewrite_for_openvino(model)
+        check_onnx_int8(path)
+    rewrite_for_openvino(model)
     onnx.save(model, path)
-    runner = OpenVINORunner(intel.onnx_to_openvino(path, str(tmp_path / "f.xml"))["xml"])
+    runner = OpenVINORunner(onnx_to_openvino(path, str(tmp_path / "f.xml"))["xml"])
     with pytest.raises(ExportValidationError, match=r"runs 0 of 1 convolutions in i8/u8"):
-        intel.check_openvino_int8(runner.compiled)
+        check_openvino_int8(runner.compiled)
     with pytest.raises(ExportValidationError, match="not stored in int8"):
-        intel.check_ir_size(tmp_path / "f.xml", tmp_path / "f.xml")
+        check_ir_size(tmp_path / "f.xml", tmp_path / "f.xml")
 
 
 def test_parity_in_int8_steps():
@@ -133,7 +138,7 @@ def test_parity_in_int8_steps():
         def __call__(self, images):
             return [np.zeros((2, 3)) + self.offset, np.ones((2, 1)) * 4]
 
-    report = intel.parity(
+    report = parity(
         {"tflite_int8": Fixed(0.0), "other": Fixed(0.2)}, None, steps={"a": 0.1, "b": 2.0}
     )
     assert report == {
@@ -164,7 +169,7 @@ def test_saturation_safe_weights_keep_pair_sums_in_int16(in_channels):
     maxima = np.full(in_channels, 255.0)
     assert worst_pair_sums(weights, maxima)[1:].min() > 32767
 
-    fitted, factors = intel._fit_pairs_to_int16(weights, maxima)
+    fitted, factors = fit_pairs_to_int16(weights, maxima)
     assert fitted.dtype == np.int8 and fitted.shape == weights.shape
     assert worst_pair_sums(fitted, maxima).max() <= 32767
     assert factors[0] == 1 and np.array_equal(fitted[0], weights[0])
@@ -173,7 +178,7 @@ def test_saturation_safe_weights_keep_pair_sums_in_int16(in_channels):
     factors = factors[:, None, None, None]
     assert np.all(np.abs(fitted * factors - weights) <= factors / 2 + 1e-9)
     # inputs that never get that large need nothing
-    assert intel._fit_pairs_to_int16(weights, np.full(in_channels, 100.0)) == (None, None)
+    assert fit_pairs_to_int16(weights, np.full(in_channels, 100.0)) == (None, None)
 
 
 def test_intel_runtime_imports_no_tensorflow(tmp_path, pixels):
@@ -216,7 +221,7 @@ def exported(tmp_path_factory):
     ):
         with open(export_dir / name, "wb") as f:
             f.write(data)
-    return export_dir, images, intel.export_intel(str(export_dir), images)
+    return export_dir, images, export_intel(str(export_dir), images)
 
 
 @pytest.mark.slow
@@ -239,7 +244,7 @@ def test_export_intel_writes_int8_onnx_and_openvino(exported):
     assert summary["onnx"]["output_names"] == ["box_p3", "cls_p3"]
     assert summary["onnx"]["convs"] == summary["onnx"]["int8_weight_convs"] == 14
     model = onnx.load(str(export_dir / "model_int8.onnx"))
-    graph = intel._Graph(model.graph)  # noqa: SLF001
+    graph = Graph(model.graph)
     concats = [n for n in model.graph.node if n.op_type == "Concat"]
     assert concats and not any(graph.is_integer(i) for n in concats for i in n.input)
     assert summary["conv_precisions"] == {"u8": 14}
@@ -253,9 +258,20 @@ def test_onnx_and_openvino_match_the_tflite_file(exported):
     """Within a few int8 steps. Float QDQ emulation already differs from TFLite's fixed-point
     kernels (about 1 step on average on this random net), the first convolution has 7-bit
     weights, and this AVX2 host saturates int16 pair sums in the other u8 convolutions."""
-    _, _, summary = exported
+    from tfqat.runtime.tflite import TFLiteRunner
+
+    export_dir, images, _ = exported
+    int8_tflite = str(export_dir / "model_int8.tflite")
+    runners = {
+        "tflite_int8": TFLiteRunner(int8_tflite, num_threads=2),
+        "onnx_int8": OnnxRunner(str(export_dir / "model_int8.onnx"), num_threads=2),
+        "openvino_int8": OpenVINORunner(
+            str(export_dir / "openvino" / "model_int8.xml"), num_threads=2
+        ),
+    }
+    report = parity(runners, images, steps=output_steps(int8_tflite))
     for backend in ("onnx_int8", "openvino_int8"):
-        for output, difference in summary["parity"][backend].items():
+        for output, difference in report[backend].items():
             assert difference["mean"] <= 3 and difference["p99"] <= 16, (
                 backend,
                 output,
@@ -268,14 +284,14 @@ def test_float_ir_runs_in_float(exported):
     export_dir, images, _ = exported
     runner = OpenVINORunner(str(export_dir / "openvino" / "model_float.xml"), precision_hint="f32")
     with pytest.raises(ExportValidationError, match="in i8/u8"):
-        intel.check_openvino_int8(runner.compiled)
+        check_openvino_int8(runner.compiled)
     assert [o.shape for o in runner(images[:2])] == [(2, 32, 32, 16), (2, 32, 32, 3)]
 
 
 @pytest.mark.slow
 def test_layer_report_names_keras_layers(exported):
     export_dir, images, _ = exported
-    report = intel.layer_report(
+    report = layer_report(
         export_dir / "model_int8.tflite", export_dir / "model_int8.onnx", images[:4]
     )
     layers = [row["layer"] for row in report["layers"]]

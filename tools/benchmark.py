@@ -9,7 +9,7 @@ run's calibration images: train images letterboxed as the recipe does), and the 
 INFERENCE_PRECISION_HINT=f32 and at the plugin's default (bf16 on CPUs with AMX/AVX512-BF16,
 f32 elsewhere). Backends take turns call by call for `--rounds` rounds, in a new random order
 every round; a backend's latency is its median call, so load from other processes hits all of
-them alike. Missing Intel files are exported first (tfqat.export.openvino.rewrites.export_intel).
+them alike. Missing Intel files are exported first (tfqat.export.openvino.convert.export_intel).
 
 Prints a table and the ratios ours/NNCF and ours/f32; writes DIR/benchmark.json.
 """
@@ -111,7 +111,7 @@ def ensure_intel_files(export_dir, calibration):
     needed = ["model_int8.onnx", "openvino/model_int8.xml", "openvino/model_float.xml"]
     if all(os.path.exists(os.path.join(export_dir, n)) for n in needed):
         return None
-    from tfqat.export.openvino.rewrites import export_intel
+    from tfqat.export.openvino.convert import export_intel
 
     print(f"exporting the Intel files into {export_dir} first")
     return export_intel(export_dir, calibration, num_threads=FLAGS.threads)
@@ -119,7 +119,7 @@ def ensure_intel_files(export_dir, calibration):
 
 def main(argv):
     del argv
-    from tfqat.export.openvino.rewrites import convolution_precisions
+    from tfqat.export.openvino.checks import convolution_precisions
     from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
 
     export_dir = os.path.join(FLAGS.model_dir, "export")

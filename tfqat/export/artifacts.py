@@ -34,7 +34,7 @@ def export_files(task, models, model_dir, calibration, min_output_levels=32):
     The metadata records the run's flags.txt (the recipe that made the model).
     """
     from tfqat.export import metadata as metadata_lib
-    from tfqat.export.openvino.rewrites import export_intel
+    from tfqat.export.openvino.convert import export_intel
     from tfqat.export.tflite import convert
     from tfqat.export.tflite.validate import validate_int8
 
