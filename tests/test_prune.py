@@ -106,7 +106,7 @@ def test_constant_sparsity_reaches_target_in_custom_loop(pruned):
     assert all(sparsity[name] == 0.0 for name in EXCLUDED_IN_SMALL)
     assert all(sparsity[name] >= 0.49 for name in PRUNED_IN_SMALL)
     prune.check_sparsity(stripped, 0.5)  # the stripped model is checked by the exclude rule
-    assert 0.4 < prune.kernel_sparsity(stripped) < 0.5
+    assert 0.4 < prune.model_kernel_sparsity(stripped) < 0.5
 
 
 def test_ema_copy_gets_the_trained_masks(pruned):
@@ -155,12 +155,12 @@ def test_prune_preserving_qat_keeps_zeros_in_the_int8_file(pruned, tmp_path):
     # Plain QAT training moves the zeros; prune-preserving QAT keeps them.
     plain = qat.quantize(sparse)
     train_steps(plain, images, 2)
-    assert prune.kernel_sparsity(plain, PRUNED_IN_SMALL) < 0.1
+    assert prune.model_kernel_sparsity(plain, PRUNED_IN_SMALL) < 0.1
 
     qat_model = qat.quantize(sparse, "prune_preserve")
     train_steps(qat_model, images, 2)
     ranges.calibrate(qat_model, sparse, images)
-    assert prune.kernel_sparsity(qat_model, PRUNED_IN_SMALL) == pytest.approx(0.5, abs=0.01)
+    assert prune.model_kernel_sparsity(qat_model, PRUNED_IN_SMALL) == pytest.approx(0.5, abs=0.01)
     data = convert_int8(qat_model, images)
     validate_int8(data, images, score_output_names=("cls_p3",))
     sparsity = tflite_sparsity_by_layer(data)

@@ -44,7 +44,7 @@ __all__ = [
     "apply_masks",
     "check_sparsity",
     "is_prunable",
-    "kernel_sparsity",
+    "model_kernel_sparsity",
     "mask_sparsity",
     "prune",
     "prune_for_stage",
@@ -275,7 +275,7 @@ def sparsity_report(model: keras.Model) -> dict[str, float]:
     return {name: float(np.mean(kernel == 0)) for name, kernel in _kernels(model)}
 
 
-def kernel_sparsity(model: keras.Model, layer_names=None) -> float:
+def model_kernel_sparsity(model: keras.Model, layer_names=None) -> float:
     """Fraction of exact zeros over all conv/dense kernels (or those in `layer_names`)."""
     kernels = [k for name, k in _kernels(model) if layer_names is None or name in layer_names]
     total = sum(k.size for k in kernels)
