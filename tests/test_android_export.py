@@ -21,6 +21,7 @@ from tfqat.postprocess.center_size import center_size_anchors, decode_center_siz
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = (64, 96)
+LABELS = ["circle", "square", "star", "ring"]
 REG_MAX = 16
 
 
@@ -87,7 +88,7 @@ def test_detector_metadata_names_outputs_and_labels_file_as_mediapipe_reads_them
 
 @pytest.fixture(scope="module")
 def tiny_int8_detector():
-    """An int8 .tflite with the six YOLO heads at 64x96, 2 classes, tfqat metadata embedded."""
+    """An int8 .tflite with the six YOLO heads at 64x96, 4 classes, tfqat metadata embedded."""
     from tfqat.export import metadata as metadata_lib
     from tfqat.export import tflite_convert
     from tfqat.tf_compat import keras
@@ -100,36 +101,43 @@ def tiny_int8_detector():
         pooled = layers.AveragePooling2D(stride)(x)
         features = layers.Conv2D(16, 3, padding="same", activation="relu")(pooled)
         outputs += [layers.Conv2D(4 * REG_MAX, 1, name=f"box_{level}")(features),
-                    layers.Conv2D(2, 1, name=f"cls_{level}")(features)]
+                    layers.Conv2D(len(LABELS), 1, name=f"cls_{level}")(features)]
     model = keras.Model(image, outputs)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(16, *INPUT_SIZE, 3)).astype(np.float32)
     data = tflite_convert.convert_int8(model, [images])
     metadata = {"format": metadata_lib.METADATA_NAME, "task": "detection",
-                "labels": {"names": ["circle", "square"], "category_ids": [3, 7]},
+                "labels": {"names": LABELS, "category_ids": [3, 7, 8, 9]},
                 "input": {"size": list(INPUT_SIZE)},
                 "decode": {"strides": list(post.STRIDES), "reg_max": REG_MAX,
                            "score_threshold": 0.25}}
     return metadata_lib.embed_metadata(data, metadata), images
 
 
-def test_android_file_is_the_int8_body_plus_our_decode_and_nms(tiny_int8_detector):
+@pytest.fixture(scope="module")
+def tiny_android(tiny_int8_detector):
+    from tfqat.export.android import build_android_tflite
+
+    return build_android_tflite(tiny_int8_detector[0])
+
+
+def test_android_file_is_the_int8_body_plus_our_decode_and_nms(tiny_int8_detector, tiny_android):
     from ai_edge_litert.interpreter import Interpreter
 
-    from tfqat.export.android import build_android_tflite, validate_android
+    from tfqat.export.android import validate_android
     from tfqat.export.android_eval import AndroidDetector
     from tfqat.export.android_metadata import labels_from_zip
     from tfqat.export.metadata import tflite_metadata_entries
     from tfqat.export.tflite_runtime import TFLiteRunner, inspect_model
 
     int8_model, images = tiny_int8_detector
-    android = build_android_tflite(int8_model)
+    android = tiny_android
     report = validate_android(android, int8_model, images)
     assert report["op_counts"]["CUSTOM:TFLite_Detection_PostProcess"] == 1
     info = inspect_model(android)
     assert info["inputs"][0]["dtype"] == "uint8" and info["inputs"][0]["shape"] == [1, 64, 96, 3]
     assert TFLITE_METADATA_NAME in tflite_metadata_entries(android)
-    assert labels_from_zip(android) == ["circle", "square"]
+    assert labels_from_zip(android) == LABELS
 
     # The body sees int8 = pixel - 128 exactly: its heads equal the int8 file's, bit for bit.
     pixels = np.round(images[:2])
@@ -145,14 +153,32 @@ def test_android_file_is_the_int8_body_plus_our_decode_and_nms(tiny_int8_detecto
             np.testing.assert_array_equal(interpreter.get_tensor(heads[name])[0], values)
 
     # Its detections are our numpy post-processor's on the int8 file's outputs (as sets: the
-    # int8 scores tie often, and the two sort ties differently).
-    detector = AndroidDetector(android)
+    # int8 scores tie often, and the two sort ties differently), boxes clipped to the input.
+    height, width = INPUT_SIZE
     for image in pixels:
-        ((boxes, scores, labels),) = detector.detect(image[None])
+        ((boxes, scores, labels),) = AndroidDetector(android).detect(image[None])
         decoded_boxes, decoded_scores = post.decode(reference(image[None]), INPUT_SIZE, REG_MAX)
-        expected = post.nms(decoded_boxes[0], decoded_scores[0], max_candidates=10**9)
-        assert len(scores) == len(expected[1]) > 0
-        np.testing.assert_allclose(_rows(boxes, scores, labels), _rows(*expected), atol=2e-3)
+        expected_boxes, *expected = post.nms(decoded_boxes[0], decoded_scores[0],
+                                             max_candidates=10**9)
+        expected_boxes = np.clip(expected_boxes, 0, [width, height, width, height])
+        assert len(scores) == len(expected[0]) > 0 and len(set(labels)) == len(LABELS)
+        np.testing.assert_allclose(_rows(boxes, scores, labels),
+                                   _rows(expected_boxes, *expected), atol=2e-3)
+
+
+def test_android_file_detects_every_class_whatever_the_thread_count(tiny_int8_detector,
+                                                                    tiny_android):
+    # LiteRT's multi-threaded per-class ("regular") NMS skips class `num_threads`; the file
+    # uses the op's single-threaded NMS, so 1, 2 and 3 threads give the same detections.
+    from tfqat.export.android_eval import AndroidDetector
+
+    images = tiny_int8_detector[1]
+    found = [AndroidDetector(tiny_android, num_threads=n).detect(np.round(images[:1]))[0]
+             for n in (1, 2, 3)]
+    assert sorted(set(found[0][2].tolist())) == list(range(len(LABELS)))
+    for other in found[1:]:
+        for a, b in zip(found[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def _rows(boxes, scores, labels):

@@ -8,8 +8,9 @@ numpy, pillow, absl), so it imports nothing of tfqat.
 
 LIST.json: [{"image_id": ..., "path": ...}, ...]. OUT.json: {"mediapipe_version", "results":
 [{"image_id", "width", "height", "detections": [{"index", "name", "score", "box": [left,
-top, width, height]}]}], "median_ms"}: boxes in image pixels as ObjectDetector returns them
-(integers), median_ms the median wall time of one `detect` call.
+top, width, height]}]}], "median_ms"}: one detection per (box, category), boxes in image
+pixels as ObjectDetector returns them (integers), median_ms the median wall time of one
+`detect` call.
 """
 
 import json
@@ -48,13 +49,16 @@ def _load_image(path: str):
 
 
 def _detections(result) -> list[dict]:
+    """One entry per (box, category): ObjectDetector folds the classes the model found for
+    one box into one Detection with several categories (mediapipe 1.2.2 leaves `index` unset
+    when the category has a name)."""
     found = []
     for detection in result.detections:
         box = detection.bounding_box
-        best = max(detection.categories, key=lambda c: c.score)
-        found.append({"index": int(best.index), "name": best.category_name,
-                      "score": float(best.score),
-                      "box": [box.origin_x, box.origin_y, box.width, box.height]})
+        for category in detection.categories:
+            found.append({"index": category.index, "name": category.category_name,
+                          "score": float(category.score),
+                          "box": [box.origin_x, box.origin_y, box.width, box.height]})
     return found
 
 

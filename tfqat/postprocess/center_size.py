@@ -15,7 +15,8 @@ import numpy as np
 
 from tfqat.models.yolo_spec import STRIDES, check_input_size, make_anchors
 
-__all__ = ["MIN_SIZE", "center_size_anchors", "decode_center_size", "encode_distances"]
+__all__ = ["MIN_SIZE", "center_size_anchors", "class_anchors", "class_offset", "decode_center_size",
+           "encode_distances"]
 
 # Smallest box side (in strides) before the log: DFL expectations are positive, but a box of
 # zero size must not become log(0).
@@ -28,6 +29,22 @@ def center_size_anchors(input_size, strides=STRIDES) -> np.ndarray:
     points, anchor_strides = make_anchors((height, width), strides)
     return np.stack([points[:, 1] / height, points[:, 0] / width,
                      anchor_strides / height, anchor_strides / width], axis=-1).astype(np.float32)
+
+
+def class_offset(input_size, reg_max: int = 16, strides=STRIDES) -> float:
+    """A shift (relative units) larger than any two boxes' distance: box coordinates lie
+    within (reg_max - 1) largest strides of the input, on either side."""
+    height, width = check_input_size(input_size)
+    reach = (reg_max - 1) * max(strides) / min(height, width)
+    return float(np.ceil(2 * reach + 2))
+
+
+def class_anchors(anchors, num_classes: int, offset: float) -> np.ndarray:
+    """[C * A, 4] anchors, class-major, class c's moved down by c * offset (ya += c * offset)."""
+    anchors = np.asarray(anchors, np.float32)
+    shifts = np.zeros((num_classes, 1, 4), np.float32)
+    shifts[:, 0, 0] = np.arange(num_classes) * offset
+    return (anchors[None] + shifts).reshape(-1, 4)
 
 
 def encode_distances(distances) -> np.ndarray:
