@@ -7,12 +7,13 @@
 plus standard TFLite metadata (`android_metadata`: labels, normalisation, output semantics) and
 our own (`metadata`). Built from the exported model_int8.tflite and its embedded metadata alone
 (labels, input size, decode parameters), so no Keras model is needed; TensorFlow only converts
-the small decode tail (`android_tail`). The decode runs in float: measured against an int8
-decode in the README (Android export).
+the small decode tail (`android_tail`). Why the decode runs in float and the NMS runs as it
+does: README, "Android: model_int8_android.tflite".
 """
 
 import collections
 import copy
+import json
 import os
 
 import numpy as np
@@ -58,7 +59,7 @@ def build_android_tflite(int8_model: bytes, nms: InGraphNms | None = None,
     model = set_outputs(model, None, DETECTION_OUTPUT_NAMES)
     model = metadata_lib.embed_metadata(model, _android_metadata(body_metadata, model, nms))
     standard = detector_metadata(
-        input_size, decode["score_threshold"], name=f"tfqat YOLO detector {body_metadata['task']}",
+        input_size, decode["score_threshold"], name="tfqat YOLO detector, int8",
         description="YOLO-style detector, int8 body (quantization-aware training), float decode "
                     "and TFLite_Detection_PostProcess (per-class NMS) in the graph.",
         version=f"tfqat {tfqat.__version__}")
@@ -70,8 +71,6 @@ def _detection_metadata(int8_model: bytes) -> dict:
     if metadata_lib.METADATA_NAME not in entries:
         raise ValueError(f"the int8 file has no {metadata_lib.METADATA_NAME!r} metadata "
                          "(re-export the run with `python -m tfqat.export --model_dir=DIR`)")
-    import json
-
     metadata = json.loads(entries[metadata_lib.METADATA_NAME].decode())
     if metadata["task"] != "detection":
         raise ValueError(f"an Android detector file needs a detection model, not "
