@@ -39,7 +39,7 @@ from tfqat.tf_compat import tf
 __all__ = ["DETECTION_OUTPUT_NAMES", "POSTPROCESS_OP", "InGraphNms", "convert_tail"]
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
-# Tensor names of the op's four outputs, in its order.
+# Names of the four outputs (the op's, boxes moved back and clipped), in the op's order.
 DETECTION_OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores",
                           "num_detections")
 
