@@ -113,6 +113,7 @@ ARTIFACTS = [
     "onnx_int8",
     "openvino_int8",
     "openvino_float",
+    "tflite_int8_android",
 ]
 EXPORTED = [
     "model_int8.tflite",
@@ -124,6 +125,7 @@ EXPORTED = [
     "openvino/model_float.xml",
     "openvino/model_float.bin",
     "metadata.json",
+    "model_int8_android.tflite",
 ]
 
 

@@ -11,14 +11,17 @@ import numpy as np
 
 from tfqat.evaluate import report as report_lib
 from tfqat.evaluate.parity import backend_parity, layer_report_text
-from tfqat.export.artifacts import EXPORTED, artifact_kind, export_files
+from tfqat.export.artifacts import ANDROID_ARTIFACT, artifact_kind, export_files, exported_files
 from tfqat.export.errors import ExportValidationError
 from tfqat.export.tflite.flatbuffer import tflite_kernel_sparsity
 from tfqat.fileio import atomic_write
+from tfqat.runtime.android import AndroidDetector
 from tfqat.runtime.backends import open_backend
+from tfqat.tasks.detection import letterboxed_batches
 
 # An int8 backend whose task metric falls more than this (relative) below tflite_int8 fails.
 MAX_METRIC_DROP = 0.01
+CHECKED_BACKENDS = ("onnx_int8", "openvino_int8", ANDROID_ARTIFACT)
 
 
 def export_and_evaluate(task, models, model_dir, calibration, min_output_levels=32):
@@ -30,7 +33,10 @@ def export_and_evaluate(task, models, model_dir, calibration, min_output_levels=
     fails (`fail_on`).
     """
     export_dir = export_files(task, models, model_dir, calibration, min_output_levels)
-    rows = [evaluate_exported(task, os.path.join(export_dir, name), model_dir) for name in EXPORTED]
+    rows = [
+        evaluate_exported(task, os.path.join(export_dir, name), model_dir)
+        for name in exported_files(task.name)
+    ]
     parity = backend_parity(task, models["keras_qat"], export_dir)
     problems = backend_metric_problems(task, rows)
     if problems:
@@ -84,6 +90,8 @@ def _rank4_constants(path) -> list[np.ndarray]:
 def evaluate_exported(task, path, model_dir):
     """An exported file's report row, run by its own runtime (LiteRT, onnxruntime, OpenVINO)."""
     name, fmt, precision = artifact_kind(path)
+    if name == ANDROID_ARTIFACT:
+        return android_row(task, path, model_dir)
     return evaluated_row(
         task,
         open_backend(path),
@@ -95,6 +103,31 @@ def evaluate_exported(task, path, model_dir):
         file_kernel_sparsity(path),
         model_dir,
     )
+
+
+def android_row(task, path, model_dir) -> dict:
+    """The tflite_int8_android row (its decode and NMS run in the graph) plus its latency next
+    to tflite_int8 + the numpy post-processor."""
+    from tfqat.evaluate import android
+
+    results = android.android_results(AndroidDetector(path), task.val_set)
+    name, fmt, precision = artifact_kind(path)
+    row = evaluated_row(
+        task,
+        None,
+        name,
+        path,
+        fmt,
+        precision,
+        _file_bytes(path),
+        file_kernel_sparsity(path),
+        model_dir,
+        results,
+    )
+    first = next(letterboxed_batches(task.val_set, task.config.input_size, 1, limit=1))[1]
+    int8_path = os.path.join(os.path.dirname(path), "model_int8.tflite")
+    row["latency"] = android.android_latency(path, int8_path, first[0])
+    return row
 
 
 def evaluated_row(
@@ -118,7 +151,7 @@ def backend_metric_problems(task, rows) -> list[str]:
     return [
         f"{name}: {metric} {value:.4f} < {1 - MAX_METRIC_DROP:.2f} x tflite_int8 {reference:.4f}"
         for name, value in by_name.items()
-        if name in ("onnx_int8", "openvino_int8") and value < (1 - MAX_METRIC_DROP) * reference
+        if name in CHECKED_BACKENDS and value < (1 - MAX_METRIC_DROP) * reference
     ]
 
 

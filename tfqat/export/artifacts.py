@@ -16,7 +16,18 @@ EXPORTED = {
     "model_int8.onnx": ("onnx_int8", "onnx", "int8"),
     "openvino/model_int8.xml": ("openvino_int8", "openvino", "int8"),
     "openvino/model_float.xml": ("openvino_float", "openvino", "float32"),
+    "model_int8_android.tflite": ("tflite_int8_android", "tflite", "int8"),
 }
+ANDROID_ARTIFACT = "tflite_int8_android"
+# Android's detector APIs take detectors only: the pose net has no Android file.
+_DETECTION_ONLY = ("model_int8_android.tflite",)
+# Images that check the Android file's detections against the int8 file's.
+_ANDROID_CHECK_IMAGES = 12
+
+
+def exported_files(task_name: str) -> list[str]:
+    """The files of EXPORTED a run of `task_name` writes (paths relative to export/)."""
+    return [f for f in EXPORTED if task_name == "detection" or f not in _DETECTION_ONLY]
 
 
 def artifact_kind(path) -> tuple[str, str, str]:
@@ -62,4 +73,8 @@ def export_files(task, models, model_dir, calibration, min_output_levels=32):
         if name == "model_int8.tflite":  # also describes the .onnx and IRs made from this file
             metadata_lib.write_metadata(export_dir, metadata)
     export_intel(export_dir, calibration)
+    if task.name == "detection":
+        from tfqat.export.android.build import export_android
+
+        export_android(export_dir, calibration[:_ANDROID_CHECK_IMAGES])
     return export_dir

@@ -15,7 +15,7 @@ import tfqat
 from tfqat.fileio import atomic_write
 from tfqat.runtime.metadata import METADATA_FILE, METADATA_NAME, min_runtime_version
 
-__all__ = ["build_metadata", "embed_metadata", "write_metadata"]
+__all__ = ["build_metadata", "embed_entry", "embed_metadata", "write_metadata"]
 
 FORMAT_VERSION = 1
 
@@ -145,14 +145,19 @@ def embed_metadata(tflite_model, metadata: dict) -> bytes:
 
     An existing entry of that name is replaced; the converter's own entries are kept.
     """
+    return embed_entry(tflite_model, METADATA_NAME, json.dumps(metadata, sort_keys=True).encode())
+
+
+def embed_entry(tflite_model, name: str, payload: bytes) -> bytes:
+    """The .tflite with `payload` in the Model.metadata entry `name` (replaced if present)."""
     import numpy as np
 
     from tfqat.export.tflite.flatbuffer import model_object, pack, read_bytes, schema
 
     model = model_object(read_bytes(tflite_model))
-    payload = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), np.uint8)
+    payload = np.frombuffer(payload, np.uint8)
     entries = model.metadata or []
-    existing = [e for e in entries if _entry_name(e.name) == METADATA_NAME]
+    existing = [e for e in entries if _entry_name(e.name) == name]
     if existing:
         model.buffers[existing[0].buffer].data = payload
     else:
@@ -160,7 +165,7 @@ def embed_metadata(tflite_model, metadata: dict) -> bytes:
         buffer.data = payload
         model.buffers.append(buffer)
         entry = schema.MetadataT()
-        entry.name = METADATA_NAME
+        entry.name = name
         entry.buffer = len(model.buffers) - 1
         model.metadata = [*entries, entry]
     return pack(model)
