@@ -70,6 +70,7 @@ def cached_folder(cache_dir: str, name: str, recipe, build) -> str:
     scratch = tempfile.mkdtemp(prefix=f".building-{os.getpid()}-", dir=parent)
     try:
         build(scratch)
+        os.chmod(scratch, 0o755)  # mkdtemp made it private
         try:
             os.rename(scratch, final)
         except OSError:

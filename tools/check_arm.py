@@ -46,6 +46,7 @@ message names the file or flag); 3 a package registry could not be reached to bu
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ import time
 import arm_emulation
 import numpy as np
 from absl import app, flags
+from ai_edge_litert.interpreter import Interpreter
 from check_arm_val import InputError, default_cache_dir, load_val_set, score, val_inputs
 
 FLAGS = flags.FLAGS
@@ -95,6 +97,9 @@ def worker_command(config: dict, tools: dict, model: str, inputs: str, outputs: 
             f"--outputs={outputs}", "--num_threads=1"]
     if config["site"] == "armnn":
         env, backends = arm_emulation.armnn_environment(tools["armnn"])
+        inherited = os.environ.get("LD_LIBRARY_PATH")
+        if inherited:
+            env["LD_LIBRARY_PATH"] += os.pathsep + inherited
         return ([sys.executable, *argv, "--runtime=pyarmnn", f"--armnn_backends={backends}"],
                 dict(os.environ, **env))
     argv += [f"--runtime={RUNTIMES[config['site']]}", f"--kernels={config['kernels']}"]
@@ -113,7 +118,9 @@ def run_configuration(config: dict, tools: dict, model: str, inputs_path: str, s
     seconds = round(time.perf_counter() - start, 1)
     if result.returncode:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        return None, {"error": lines[-1] if lines else f"exit status {result.returncode}",
+        status = result.returncode
+        crash = f"crashed (signal {-status})" if status < 0 else f"exit status {status}"
+        return None, {"error": lines[-1] if status > 0 and lines else crash,
                       "stderr": result.stderr[-4000:], "wall_seconds": seconds}
     with np.load(outputs_path) as saved:
         info = json.loads(str(saved["__report__"]))
@@ -123,17 +130,19 @@ def run_configuration(config: dict, tools: dict, model: str, inputs_path: str, s
 
 
 def name_unsupported_layer(error: str, model: str) -> str:
-    """Arm NN names the operator by index ("operator:12" / "operator #12"); add its type."""
-    import re
-
+    """Arm NN names an operator it cannot parse by its index ("operator #12"): add the tensors
+    it writes, which carry the Keras layer's name."""
     found = re.search(r"operator\s*[:#]\s*(\d+)", error)
     if not found:
         return error
-    from ai_edge_litert.interpreter import Interpreter
-
-    ops = Interpreter(model_path=model)._get_ops_details()
+    interpreter = Interpreter(model_path=model)
+    ops = interpreter._get_ops_details()  # the only view of the operators Python has
     index = int(found.group(1))
-    return f"{error} [operator {index} is {ops[index]['op_name']}]" if index < len(ops) else error
+    if index >= len(ops):
+        return error
+    tensors = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    written = ", ".join(tensors.get(t, str(t)) for t in ops[index]["outputs"])
+    return f"{error} [operator {index}: {ops[index]['op_name']} writing {written}]"
 
 
 # === Comparing ===
@@ -250,6 +259,8 @@ def check(model: str, val_annotations, val_images, num_images: int, cache_dir: s
                   **{k: dict(arm_emulation.read_manifest(tools[k]), folder=tools[k])
                      for k in ("qemu", "root", "armnn")}},
         "configurations": rows, "criteria": checks,
+        "criteria_passed": sum(c["passed"] for c in checks),
+        "criteria_failed": sum(not c["passed"] for c in checks),
         "passed": all(c["passed"] for c in checks),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -260,12 +271,13 @@ def check(model: str, val_annotations, val_images, num_images: int, cache_dir: s
 
 def tools_line(tools: dict) -> str:
     root, armnn = tools["root"], tools["armnn"]
-    python = root["debian_packages"]["python3.11"]
-    sites = "; ".join(" + ".join(f"{name} {version}" for name, version in sorted(wheels.items())
-                                 if name in ("ai_edge_litert", "tflite_runtime", "numpy"))
-                      for wheels in root["wheels"].values())
-    return (f"{tools['qemu']['qemu']}; arm64 root: Debian python3.11 {python}, {sites}; "
-            f"Arm NN: python3-pyarmnn {armnn['debian_packages']['python3-pyarmnn']} "
+    sites = "; ".join(
+        " + ".join(f"{name} {wheels[name]}" for name in ("ai_edge_litert", "tflite_runtime",
+                                                          "numpy") if name in wheels)
+        for wheels in root["wheels"].values())
+    return (f"{tools['qemu']['qemu']}; arm64 root: Debian 12 python3.11 "
+            f"{root['debian_packages']['python3.11']}, {sites}; Arm NN: python3-pyarmnn "
+            f"{armnn['debian_packages']['python3-pyarmnn']} "
             f"(ready in {tools['seconds_to_build_or_find']} s)")
 
 
@@ -275,7 +287,7 @@ def configuration_lines(row: dict, baseline: dict) -> list[str]:
     left = ", ".join(f"{op} x{n}" for op, n in row.get("left_to_builtin", {}).items())
     lines = [f"{row['label']}: ran {row['kernels_run']}" + (f" ({left})" if left else "")
              + f"; {row['runtime']}; cpu features {' '.join(row['cpu_features']) or '-'}; "
-             f"{row['images']} inputs in {row['wall_seconds']} s"]
+             f"{row['images']} inputs in {row['wall_seconds']} s ({row['seconds']} s running)"]
     if "compared_with" in row:
         expected = "expected" if row["expected_bit_exact"] else "not expected"
         lines.append(f"  vs {row['compared_with']}: bit-exact {'yes' if row['bit_exact'] else 'no'}"
@@ -305,10 +317,10 @@ def print_report(report: dict):
     for check_row in report["criteria"]:
         print(f"  {'PASS' if check_row['passed'] else 'FAIL'}  {check_row['check']}  "
               f"({check_row['detail']})")
-    failed = sum(not c["passed"] for c in report["criteria"])
-    verdict = "PASS" if report["passed"] else f"FAIL: {failed} of"
-    print(f"check_arm: {verdict} {len(report['criteria'])} criteria"
-          f"{' hold' if report['passed'] else ''}; {report['seconds']} s")
+    passed, failed = report["criteria_passed"], report["criteria_failed"]
+    verdict = f"PASS, {passed} criteria hold" if report["passed"] else \
+        f"FAIL, {failed} criteria fail ({passed} hold)"
+    print(f"check_arm: {verdict}; {report['seconds']} s")
 
 
 # === Entry point ===

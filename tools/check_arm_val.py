@@ -11,7 +11,6 @@ import struct
 import numpy as np
 
 from tfqat.data.coco import DatasetError, default_cache_dir, load_coco
-from tfqat.data.pipeline import person_instances, pose_dataset
 from tfqat.evaluation import coco_metrics, detection_results, letterboxed_batches
 from tfqat.export.metadata import read_metadata
 from tfqat.postprocess import pose as pose_post
@@ -59,8 +58,10 @@ def read_model_metadata(model: str) -> dict:
         raise InputError(f"--model={model}: not a .tflite file")
     try:
         metadata = read_metadata(model)
-    except (ValueError, struct.error, IndexError) as e:
-        raise InputError(f"--model={model}: not a readable .tflite file ({e})") from e
+    except ValueError as e:  # names what is wrong: not a .tflite, or bad metadata JSON
+        raise InputError(f"--model={model}: {e}") from e
+    except (struct.error, IndexError) as e:
+        raise InputError(f"--model={model}: a truncated or corrupt .tflite file ({e})") from e
     except FileNotFoundError as e:
         raise InputError(str(e)) from e
     if metadata.get("task") not in ("detection", "pose"):
@@ -114,6 +115,10 @@ def val_inputs(metadata: dict, dataset, num_images: int) -> ValInputs:
         batches = letterboxed_batches(dataset, size, 16, limit=num_images)
         images = np.concatenate([images for _, images, _ in batches])
         return ValInputs(quantize(images, metadata["input"]), image_ids)
+    # Imported here, not above: only pose crops need TensorFlow (tf.data), whose import takes
+    # seconds and logs C++ lines that would bury a bad-input message.
+    from tfqat.data.pipeline import person_instances, pose_dataset
+
     count = int((person_instances(dataset, training=False)["sample"] < len(image_ids)).sum())
     if not count:
         raise InputError(f"{dataset.annotation_file}: no person box in the first "
