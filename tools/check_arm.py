@@ -148,6 +148,12 @@ def name_unsupported_layer(error: str, model: str) -> str:
 # === Comparing ===
 
 
+def same_shapes(raw, model_info: dict, count: int) -> bool:
+    """Whether a run gave `count` results of every output, shaped as the metadata says."""
+    expected = [[count, *o["shape"][1:]] for o in model_info["outputs"]]
+    return [list(a.shape) for a in raw] == expected
+
+
 def int8_steps(outputs, reference, names) -> dict:
     """{output name: {"max_steps", "mean_steps"}} between two runs' raw outputs."""
     steps = {}
@@ -162,10 +168,10 @@ def pick_reference(row: dict, x86_rows: list[dict]):
     """The x86 LiteRT row to compare with: the same kernel path as really ran (Arm NN CpuRef:
     x86 reference kernels), else the same requested kernels."""
     if row["site"] == "armnn":
-        return next(r for r in x86_rows if r["kernels"] == "reference")
+        return next((r for r in x86_rows if r["kernels"] == "reference"), None)
     same_path = [r for r in x86_rows if r.get("kernels_run") == row.get("kernels_run")]
     same_request = [r for r in x86_rows if r["kernels"] == row["kernels"]]
-    return (same_path or same_request)[0]
+    return next(iter(same_path or same_request), None)
 
 
 def expects_bit_exact(row: dict, reference: dict) -> bool:
@@ -181,18 +187,21 @@ def allowed_difference(reference_metric: float) -> float:
 
 def compare_rows(rows: list[dict], outputs: dict, names) -> None:
     """Adds the comparison with x86 and the metric differences to every row that ran."""
-    x86_rows = [r for r in rows if r["machine"] == "x86_64" and r["site"] == "litert"]
-    baseline = x86_rows[0]  # x86 LiteRT default: XNNPACK
+    x86_rows = [r for r in rows if r["machine"] == "x86_64" and r["site"] == "litert"
+                and "error" not in r]
+    baseline = rows[0]  # x86 LiteRT default: XNNPACK
     for row in rows:
         if "error" in row or row is baseline:
             continue
+        row["metric_differences"] = {k: round(v - baseline["metrics"][k], 6)
+                                     for k, v in row["metrics"].items()}
         reference = baseline if row in x86_rows else pick_reference(row, x86_rows)
+        if reference is None:  # its x86 counterpart failed to run (a criterion says so)
+            continue
         row["compared_with"] = reference["label"]
         row["output_steps"] = int8_steps(outputs[row["label"]], outputs[reference["label"]], names)
         row["bit_exact"] = all(s["max_steps"] == 0 for s in row["output_steps"].values())
         row["expected_bit_exact"] = expects_bit_exact(row, reference)
-        row["metric_differences"] = {k: round(v - baseline["metrics"][k], 6)
-                                     for k, v in row["metrics"].items()}
 
 
 def criteria(rows: list[dict]) -> list[dict]:
@@ -239,6 +248,9 @@ def check(model: str, val_annotations, val_images, num_images: int, cache_dir: s
             print(f"running {config['label']} ...", file=sys.stderr, flush=True)
             raw, info = run_configuration(config, tools, model, inputs_path, scratch)
             row = dict(config, **info)
+            if raw is not None and not same_shapes(raw, model_info, len(inputs.quantized)):
+                raw, row["error"] = None, "output shapes " + ", ".join(
+                    str(list(a.shape)) for a in raw) + " are not the file's"
             if raw is not None:
                 outputs[row["label"]] = raw
                 row["metrics"] = score(raw, model_info, dataset, inputs)
