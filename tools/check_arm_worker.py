@@ -79,7 +79,8 @@ def kernels_run(interpreter, kernels: str) -> dict:
     """The kernel path really taken, read back from the interpreter's nodes.
 
     A delegate appends one node per partition it took; the operators it replaced stay in the
-    node list but leave the execution plan. The operators left to the builtin kernels are those
+    node list but leave the execution plan. The only delegate the default op resolver applies
+    is XNNPACK, so its nodes are XNNPACK's. The operators left to the builtin kernels are those
     that produce, directly or through other such operators, a tensor that a delegate node or
     the model output needs and that no delegate node produces.
     """
