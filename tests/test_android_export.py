@@ -211,9 +211,9 @@ def _rows(boxes, scores, labels):
 def smoke_android(tmp_path_factory):
     """The smoke recipe's run with export/model_int8_android.tflite written."""
     from tfqat.data.coco import load_coco
+    from tfqat.data.letterbox import letterboxed_batches
     from tfqat.evaluate import report as report_lib
     from tfqat.export.android.build import export_android
-    from tfqat.tasks.detection import letterboxed_batches
 
     root = tmp_path_factory.mktemp("smoke_android")
     run = root / "run"

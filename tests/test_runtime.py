@@ -155,9 +155,8 @@ def test_runtime_imports_no_tensorflow():
 
 def test_detect_gives_what_evaluation_gives(detection):
     """Same letterbox, decode and NMS: the runtime's detections are the evaluation's results."""
-    from tfqat.postprocess.detection import to_coco_results
+    from tfqat.postprocess.detection import detection_results, to_coco_results
     from tfqat.runtime.tflite import TFLiteRunner
-    from tfqat.tasks.detection import detection_results
 
     task, path, _ = detection
     # An untrained model's scores are about 1e-4 (the class prior): keep every candidate.

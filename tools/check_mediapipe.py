@@ -32,11 +32,11 @@ from tfqat.data.images import default_cache_dir
 from tfqat.evaluate import report as report_lib
 from tfqat.evaluate.artifacts import android_results
 from tfqat.fileio import atomic_write
+from tfqat.postprocess.detection import detection_results
 from tfqat.postprocess.metrics import coco_metrics
 from tfqat.runtime.android import AndroidDetector
 from tfqat.runtime.metadata import read_metadata
 from tfqat.runtime.tflite import TFLiteRunner
-from tfqat.tasks.detection import detection_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "The Android detector file (export/model_int8_android.tflite).")

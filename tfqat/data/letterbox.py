@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfqat.data.images import decode_image
+
 PAD_VALUE = 114
 
 
@@ -58,3 +60,16 @@ def letterbox_image(
     canvas = np.full((out_height, out_width, 3), PAD_VALUE, np.uint8)
     canvas[lb.top : lb.top + lb.new_h, lb.left : lb.left + lb.new_w] = resized
     return canvas, lb
+
+
+def letterboxed_batches(dataset, input_size, batch_size: int, limit=None):
+    """Yields (samples, float32 images [B,H,W,3], letterboxes) of a CocoDataset, in its order."""
+    samples = dataset.samples[:limit] if limit else dataset.samples
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images, boxes = [], []
+        for s in chunk:
+            image, lb = letterbox_image(decode_image(s.path, dataset.exif_transpose), *input_size)
+            images.append(image)
+            boxes.append(lb)
+        yield chunk, np.stack(images).astype(np.float32), boxes

@@ -10,11 +10,10 @@ import time
 
 import numpy as np
 
-from tfqat.data.letterbox import boxes_to_image
+from tfqat.data.letterbox import boxes_to_image, letterboxed_batches
 from tfqat.postprocess.detection import to_coco_results
 from tfqat.runtime.android import AndroidDetector
 from tfqat.runtime.tflite import TFLiteRunner
-from tfqat.tasks.detection import letterboxed_batches
 
 
 def interleaved_median_ms(calls: dict, rounds: int = 200, warmup: int = 10) -> dict:

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from tfqat.data.letterbox import letterboxed_batches
 from tfqat.evaluate import report as report_lib
 from tfqat.evaluate.parity import backend_parity, layer_report_text
 from tfqat.export.artifacts import ANDROID_ARTIFACT, artifact_kind, export_files, exported_files
@@ -17,7 +18,6 @@ from tfqat.export.tflite.flatbuffer import tflite_kernel_sparsity
 from tfqat.fileio import atomic_write
 from tfqat.runtime.android import AndroidDetector
 from tfqat.runtime.backends import open_backend
-from tfqat.tasks.detection import letterboxed_batches
 
 # An int8 backend whose task metric falls more than this (relative) below tflite_int8 fails.
 MAX_METRIC_DROP = 0.01

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfqat.data.letterbox import Letterbox, boxes_to_image
+from tfqat.data.letterbox import Letterbox, boxes_to_image, letterboxed_batches
 from tfqat.models.yolo_spec import OUTPUT_NAMES, STRIDES, check_input_size, make_anchors
 
 __all__ = ["decode", "nms", "postprocess", "to_coco_results", "OUTPUT_NAMES", "STRIDES"]
@@ -211,4 +211,33 @@ def to_coco_results(image_id, boxes_xyxy, scores, labels, category_ids) -> list[
                 "score": round(float(score), 5),
             }
         )
+    return results
+
+
+def detection_results(
+    predict_fn,
+    dataset,
+    input_size,
+    *,
+    batch_size=16,
+    score_threshold=0.001,
+    iou_threshold=0.7,
+    max_detections=300,
+    limit=None,
+):
+    """COCO results records (category ids of the dataset) for every val image."""
+    results = []
+    for samples, images, letterboxes in letterboxed_batches(dataset, input_size, batch_size, limit):
+        outputs = predict_fn(images)
+        detections = postprocess(
+            outputs,
+            input_size,
+            letterboxes,
+            [(s.height, s.width) for s in samples],
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
+        for s, (boxes, scores, labels) in zip(samples, detections):
+            results += to_coco_results(s.image_id, boxes, scores, labels, dataset.category_ids)
     return results

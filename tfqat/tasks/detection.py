@@ -7,7 +7,7 @@ import numpy as np
 from tfqat.data import draw, pipeline
 from tfqat.data.coco import CocoDataset
 from tfqat.data.images import decode_image
-from tfqat.data.letterbox import letterbox_image
+from tfqat.data.letterbox import letterboxed_batches
 from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.postprocess import detection as post
 from tfqat.postprocess.metrics import coco_metrics
@@ -84,7 +84,7 @@ class DetectionTask:
         return np.concatenate([images for _, images, _ in batches])
 
     def predict(self, predict_fn):
-        return detection_results(
+        return post.detection_results(
             predict_fn, self.val_set, self.config.input_size, batch_size=self.config.val_batch_size
         )
 
@@ -128,45 +128,3 @@ class DetectionTask:
             # One size for all, as TensorBoard stacks them into one tensor.
             pictures.append(np.asarray(picture.resize((256, 256))))
         return np.stack(pictures) if pictures else np.zeros((0, 8, 8, 3), np.uint8)
-
-
-def letterboxed_batches(dataset: CocoDataset, input_size, batch_size: int, limit=None):
-    """Yields (samples, float32 images [B,H,W,3], letterboxes) in dataset order."""
-    samples = dataset.samples[:limit] if limit else dataset.samples
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        images, boxes = [], []
-        for s in chunk:
-            image, lb = letterbox_image(decode_image(s.path, dataset.exif_transpose), *input_size)
-            images.append(image)
-            boxes.append(lb)
-        yield chunk, np.stack(images).astype(np.float32), boxes
-
-
-def detection_results(
-    predict_fn,
-    dataset: CocoDataset,
-    input_size,
-    *,
-    batch_size=16,
-    score_threshold=0.001,
-    iou_threshold=0.7,
-    max_detections=300,
-    limit=None,
-):
-    """COCO results records (category ids of the dataset) for every val image."""
-    results = []
-    for samples, images, letterboxes in letterboxed_batches(dataset, input_size, batch_size, limit):
-        outputs = predict_fn(images)
-        detections = post.postprocess(
-            outputs,
-            input_size,
-            letterboxes,
-            [(s.height, s.width) for s in samples],
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-        )
-        for s, (boxes, scores, labels) in zip(samples, detections):
-            results += post.to_coco_results(s.image_id, boxes, scores, labels, dataset.category_ids)
-    return results
