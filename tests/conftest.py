@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfqat.models.layers import ACTIVATIONS, c2f, conv_bn_act, sppf
+from tfqat.models.activations import ACTIVATIONS
+from tfqat.models.layers import c2f, conv_bn_act, sppf
 from tfqat.optimize import qat, ranges
 from tfqat.tf_compat import keras
 
