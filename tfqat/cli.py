@@ -36,7 +36,7 @@ def run(main, argv=None):
         try:
             return flags.FLAGS(arguments)
         except flags.Error as e:
-            _fail(program, f"{e}", USAGE, e)
+            _fail(program, _flag_error_text(e), USAGE, e)
 
     def guarded_main(arguments):
         try:
@@ -55,6 +55,11 @@ def _program_name() -> str:
     if spec is not None and spec.name:
         return spec.name.removesuffix(".__main__")
     return os.path.basename(sys.argv[0])
+
+
+def _flag_error_text(error: flags.Error) -> str:
+    """absl's message, without the "ERROR:: " it puts before a flagfile it cannot open."""
+    return str(error).removeprefix("ERROR:: ")
 
 
 def _one_line(error: BaseException) -> str:
