@@ -6,18 +6,20 @@ what the recipe needs (exit status 1). Nothing here imports TensorFlow: a mistak
 fraction of a second, and its line is all the command prints.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 
-from absl import app
+from absl import app, flags
 
 from tfqat.cli import InputError
 from tfqat.data.images import IMAGE_EXTENSIONS, first_image_file
 from tfqat.models import pose_spec, yolo_spec
 from tfqat.models.activations import ACTIVATIONS
-from tfqat.recipe.flags import PATH_FLAGS, STAGE_SEQUENCES
+from tfqat.recipe.flags import PATH_FLAGS, STAGE_SEQUENCES, flags_from_text
+from tfqat.recipe.run_dir import FLAGS_FILE, read_flags
 
 # --task -> the sizes of its model family.
 MODEL_SIZES = {"detection": yolo_spec.SIZES, "pose": pose_spec.SIZES}
@@ -224,7 +226,7 @@ def check_init_checkpoint(path: str):
     """A tfqat run directory with a float checkpoint, a Keras .h5 file or a TF checkpoint prefix."""
     flag = f"--init_checkpoint={path}"
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "checkpoints", "float", "checkpoint")):
+        if not has_checkpoint(path):
             raise InputError(f"{flag} is a folder but not a tfqat run with a float checkpoint")
     elif path.endswith(".h5"):
         if not os.path.isfile(path):
@@ -234,3 +236,40 @@ def check_init_checkpoint(path: str):
             f"{flag}: neither a run directory, a .h5 file nor a TF checkpoint prefix "
             f"(no {path}.index)"
         )
+
+
+# === Runs ===
+
+
+def has_checkpoint(model_dir: str, stage: str = "float") -> bool:
+    """Whether a run's stage has saved a checkpoint (its CheckpointManager's index file), read
+    without TensorFlow."""
+    return os.path.isfile(os.path.join(model_dir, "checkpoints", stage, "checkpoint"))
+
+
+def run_flags(flag: str, path: str) -> flags.FlagValues:
+    """The recipe of a run directory, read back from its flags.txt; cli.InputError naming the
+    folder when it is not a run."""
+    if not os.path.exists(path):
+        raise InputError(f"{flag}={path}: no such folder")
+    if not os.path.isdir(path):
+        raise InputError(f"{flag}={path} is a file, not a run directory")
+    flags_file = os.path.join(path, FLAGS_FILE)
+    if not os.path.isfile(flags_file):
+        raise InputError(f"{flag}={path} is not a tfqat run (no {FLAGS_FILE})")
+    with _readable_recipe(flags_file):
+        return read_flags(path)
+
+
+def recipe_text_flags(text: str, source: str) -> flags.FlagValues:
+    """The recipe an exported file carries (its run's flags.txt, in its metadata)."""
+    with _readable_recipe(source):
+        return flags_from_text(text)
+
+
+@contextlib.contextmanager
+def _readable_recipe(source: str):
+    try:
+        yield
+    except flags.Error as e:
+        raise InputError(f"{source}: not a recipe this tfqat can read: {e}") from e

@@ -1,7 +1,8 @@
 """The recipe schema: every flag of `python -m tfqat.train`, defined on any FlagValues.
 
 `tfqat.train` defines them on absl's global FLAGS; `tfqat.recipe.run_dir` defines them on a
-private FlagValues to read a run's `flags.txt` back.
+private FlagValues to read a run's `flags.txt` back, `flags_from_text` to read the recipe an
+exported file carries.
 """
 
 from absl import flags
@@ -170,3 +171,13 @@ def recipe_flag_names() -> list[str]:
     fv = flags.FlagValues()
     define_flags(fv)
     return list(fv)
+
+
+def flags_from_text(text: str) -> flags.FlagValues:
+    """The recipe flags of a flagfile's text (a .tflite's metadata "recipe" is its run's
+    flags.txt), on a private FlagValues. Raises flags.Error on a flag it does not know."""
+    options = flags.FlagValues()
+    define_flags(options)
+    lines = [line.strip() for line in text.splitlines()]
+    options(["tfqat", *(line for line in lines if line and not line.startswith("#"))])
+    return options
