@@ -145,18 +145,23 @@ def check_numbers(fv):
     for name, allowed in numeric_rules(fv).items():
         if getattr(fv, name) not in allowed:
             raise app.UsageError(f"--{name}={getattr(fv, name)} must be {allowed}")
-    height, width = _pair(fv, "input_size", int, "height,width")
+    check_input_size(fv.input_size)
+    for name in ("jitter", "scale_range"):
+        low, high = _pair(name, getattr(fv, name), float, "low,high")
+        if not 0 < low <= high:
+            raise app.UsageError(f"--{name}={low},{high} must be low,high with 0 < low <= high")
+    if "prune" in fv.stages:
+        _check_pruning(fv)
+
+
+def check_input_size(values: list[str]):
+    """--input_size: height,width, both positive multiples of INPUT_MULTIPLE."""
+    height, width = _pair("input_size", values, int, "height,width")
     if min(height, width) <= 0 or height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
         raise app.UsageError(
             f"--input_size={height},{width}: height and width must be positive multiples of "
             f"{INPUT_MULTIPLE}"
         )
-    for name in ("jitter", "scale_range"):
-        low, high = _pair(fv, name, float, "low,high")
-        if not 0 < low <= high:
-            raise app.UsageError(f"--{name}={low},{high} must be low,high with 0 < low <= high")
-    if "prune" in fv.stages:
-        _check_pruning(fv)
 
 
 def _check_pruning(fv):
@@ -167,7 +172,7 @@ def _check_pruning(fv):
             message = f"--prune_exclude: {pattern!r} is not a regular expression: {e}"
             raise app.UsageError(message) from e
     if fv.m_by_n:
-        m, n = _pair(fv, "m_by_n", int, "m,n")
+        m, n = _pair("m_by_n", fv.m_by_n, int, "m,n")
         if not 0 < m < n:
             raise app.UsageError(f"--m_by_n={m},{n} must be m,n with 0 < m < n (e.g. 2,4)")
         if abs(fv.target_sparsity - m / n) > 1e-6:
@@ -176,9 +181,9 @@ def _check_pruning(fv):
             )
 
 
-def _pair(fv, name: str, kind, shape: str) -> tuple:
+def _pair(name: str, values: list[str], kind, shape: str) -> tuple:
     """The two numbers of a list flag; app.UsageError naming the flag otherwise."""
-    values = list(getattr(fv, name))
+    values = list(values)
     try:
         pair = tuple(kind(v) for v in values)
     except ValueError:
