@@ -10,6 +10,7 @@ Exit status 1: an input it names is wrong (a file, a dataset, a checkpoint) or a
 its traceback.
 """
 
+import contextlib
 import os
 import sys
 import traceback
@@ -47,6 +48,23 @@ def run(main, argv=None):
             _fail(program, _one_line(e), BAD_INPUT, e)
 
     app.run(guarded_main, argv=argv, flags_parser=parse)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences what native code writes to stderr inside the block (LiteRT's "INFO: Created
+    TensorFlow Lite XNNPACK delegate" when a check loads a model), so that a mistake found later
+    is still the only line. Exceptions pass through; their messages carry what went wrong."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _program_name() -> str:

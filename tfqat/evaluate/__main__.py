@@ -77,7 +77,7 @@ def record_row(model, task, paths: dict, place, report, row: dict):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tfqat.recipe import eval_inputs
+    from tfqat.recipe import build, eval_inputs
 
     # Every check before TensorFlow loads and before any image is decoded.
     model = eval_inputs.eval_model(FLAGS.model)
@@ -85,8 +85,8 @@ def main(argv):
     place = eval_inputs.destination(model, own, FLAGS.output)
     paths = eval_inputs.val_paths(model, FLAGS.val_annotations, FLAGS.val_images)
     report = eval_inputs.existing_report(place, paths)
-    val_set = eval_inputs.load_val_set(model, paths)
-    task = eval_inputs.eval_task(model, val_set)
+    val_set, labels = eval_inputs.load_val_set(model, paths)
+    task = build.make_task(model.options, labels, val_set)  # no train set: the model's labels
 
     row = evaluate_model(model, task, place)
     record_row(model, task, paths, place, report, row)

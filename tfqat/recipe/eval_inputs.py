@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from tfqat.cli import InputError
+from tfqat.cli import InputError, quiet_stderr
 from tfqat.data.coco import CocoDataset, load_coco
 from tfqat.evaluate.artifacts import exported_kind
 from tfqat.recipe import build, checks
@@ -71,7 +71,8 @@ def eval_model(path: str) -> EvalModel:
     except ValueError as e:
         raise InputError(f"--model={path} is not a model file: {e}") from e
     metadata = read_metadata(path)
-    open_backend(path)  # fails here, in one line, if the runtime cannot load the file
+    with quiet_stderr():
+        open_backend(path)  # fails here, in one line, if the runtime cannot load the file
     kind = exported_kind(path, metadata)
     model_dir = _run_of(path)
     if model_dir:
@@ -147,31 +148,30 @@ def recipe_paths(model: EvalModel) -> dict:
     return dict.fromkeys(PATH_FLAGS)
 
 
-def load_val_set(model: EvalModel, paths: dict) -> CocoDataset:
-    """The val set, validated (every image decoded) with the recipe's settings."""
-    return load_coco(
-        paths["val_annotations"],
-        paths["val_images"],
-        model.options.task,
-        exif_transpose=model.options.exif_transpose,
-        annotation_problems=model.options.annotation_problems,
-    )
+def load_val_set(model: EvalModel, paths: dict) -> tuple[CocoDataset, CocoDataset]:
+    """(the val set, the model's labels): the val annotations are checked against the model's
+    categories before any of its images is decoded (cli.InputError when they differ)."""
 
+    def read(check_images: bool) -> CocoDataset:
+        return load_coco(
+            paths["val_annotations"],
+            paths["val_images"],
+            model.options.task,
+            exif_transpose=model.options.exif_transpose,
+            annotation_problems=model.options.annotation_problems,
+            check_images=check_images,
+        )
 
-def eval_task(model: EvalModel, val_set: CocoDataset):
-    """The recipe's task on `val_set` alone; its categories must be the model's."""
-    labels = model_labels(model, val_set)
-    if list(val_set.category_ids) != list(labels.category_ids):
-        raise InputError(
-            f"{val_set.annotation_file}: its category ids {list(val_set.category_ids)} are not "
-            f"the model's {list(labels.category_ids)}"
-        )
-    if list(val_set.keypoint_names) != list(labels.keypoint_names):
-        raise InputError(
-            f"{val_set.annotation_file}: its keypoints {list(val_set.keypoint_names)} are not "
-            f"the model's {list(labels.keypoint_names)}"
-        )
-    return build.make_task(model.options, labels, val_set)
+    annotations = read(check_images=False)
+    labels = model_labels(model, annotations)
+    for what in ("category_ids", "keypoint_names"):
+        theirs, model_ones = list(getattr(annotations, what)), list(getattr(labels, what))
+        if theirs != model_ones:
+            raise InputError(
+                f"{annotations.annotation_file}: its {what.replace('_', ' ')} {theirs} are not "
+                f"the model's {model_ones}"
+            )
+    return read(check_images=True), labels
 
 
 def model_labels(model: EvalModel, val_set: CocoDataset) -> CocoDataset:
