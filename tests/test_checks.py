@@ -2,12 +2,11 @@
 run cannot use is a usage error naming it, every path that is not what the recipe needs an input
 error naming it; a broken val annotation file stops before any train image is decoded."""
 
-import json
 import os
 
 import pytest
 from absl import app, flags
-from conftest import REPO
+from conftest import REPO, small_split
 from PIL import Image
 
 from tfqat.cli import InputError
@@ -94,21 +93,6 @@ def test_range_bounds_and_their_wording():
 
 
 # === Paths ===
-
-
-def small_split(root, split, images=2):
-    """A valid COCO detection split: `images` 32x32 PNGs and one box on each."""
-    folder = root / "images" / split
-    folder.mkdir(parents=True)
-    records, boxes = [], []
-    for i in range(1, images + 1):
-        Image.new("RGB", (32, 32), (i * 40, 90, 30)).save(folder / f"{i}.png")
-        records.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
-        boxes.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10]})
-    data = {"images": records, "annotations": boxes, "categories": [{"id": 1, "name": "a"}]}
-    annotations = root / f"{split}.json"
-    annotations.write_text(json.dumps(data))
-    return str(annotations), str(folder)
 
 
 @pytest.fixture
