@@ -165,6 +165,10 @@ def test_evaluate_flag_mistakes(smoke_yolo_run, other_set, tmp_path):
     assert_one_line(result, "tfqat.evaluate", 2, "give --output=REPORT.json")
     result = run("-m", "tfqat.evaluate", model, *other, f"--output={smoke_yolo_run}/report.json")
     assert_one_line(result, "tfqat.evaluate", 2, "is the run's report of its own val set")
+    result = run("-m", "tfqat.evaluate", model, *other, f"--output={smoke_yolo_run}/flags.json")
+    assert_one_line(result, "tfqat.evaluate", 2, f"is inside the run {smoke_yolo_run}")
+    result = run("-m", "tfqat.evaluate", model, *other, f"--output={tmp_path}/report.md")
+    assert_one_line(result, "tfqat.evaluate", 2, "must be a .json file")
     result = run("-m", "tfqat.evaluate", model, other[0])
     assert_one_line(result, "tfqat.evaluate", 2, "--val_annotations and --val_images go together")
     annotations, images = small_split(tmp_path, "val")  # one category, not the model's seven

@@ -230,6 +230,12 @@ def destination(model: EvalModel, own_val_set: bool, output: str | None) -> Dest
         raise app.UsageError(
             f"--output={output} is the run's report of its own val set; give another file"
         )
+    if model.model_dir and output.startswith(os.path.join(model.model_dir, "")):
+        raise app.UsageError(
+            f"--output={output} is inside the run {model.model_dir}; give a file outside it"
+        )
+    if not output.endswith(".json"):
+        raise app.UsageError(f"--output={output} must be a .json file (its .md goes beside it)")
     if not os.path.isdir(os.path.dirname(output)):
         raise InputError(f"--output={output}: no folder {os.path.dirname(output)} to write in")
     return Destination(output, os.path.splitext(output)[0] + "_predictions", False)
