@@ -11,8 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tfqat.models.layers import ACTIVATIONS, c2f, conv_bn_act, sppf
+from tfqat.models.activations import ACTIVATIONS
+from tfqat.models.layers import c2f, conv_bn_act, sppf
 from tfqat.optimize import qat, ranges
 from tfqat.tf_compat import keras
 
@@ -51,6 +53,21 @@ def smoke_pose_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke_pose")
     run_recipe("smoke_pose.flags", root / "run", root / "cache")
     return root / "run"
+
+
+def small_split(root, split, images=2):
+    """A valid COCO detection split: `images` 32x32 PNGs and one box on each."""
+    folder = root / "images" / split
+    folder.mkdir(parents=True)
+    records, boxes = [], []
+    for i in range(1, images + 1):
+        Image.new("RGB", (32, 32), (i * 40, 90, 30)).save(folder / f"{i}.png")
+        records.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
+        boxes.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10]})
+    data = {"images": records, "annotations": boxes, "categories": [{"id": 1, "name": "a"}]}
+    annotations = root / f"{split}.json"
+    annotations.write_text(json.dumps(data))
+    return str(annotations), str(folder)
 
 
 def textured_images(n, size=64, seed=0):

@@ -10,6 +10,7 @@ Exit status 1: an input it names is wrong (a file, a dataset, a checkpoint) or a
 its traceback.
 """
 
+import contextlib
 import os
 import sys
 import traceback
@@ -36,7 +37,7 @@ def run(main, argv=None):
         try:
             return flags.FLAGS(arguments)
         except flags.Error as e:
-            _fail(program, f"{e}", USAGE, e)
+            _fail(program, _flag_error_text(e), USAGE, e)
 
     def guarded_main(arguments):
         try:
@@ -49,12 +50,34 @@ def run(main, argv=None):
     app.run(guarded_main, argv=argv, flags_parser=parse)
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences what native code writes to stderr inside the block (LiteRT's "INFO: Created
+    TensorFlow Lite XNNPACK delegate" when a check loads a model), so that a mistake found later
+    is still the only line. Exceptions pass through; their messages carry what went wrong."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _program_name() -> str:
     main_module = sys.modules.get("__main__")
     spec = getattr(main_module, "__spec__", None)
     if spec is not None and spec.name:
         return spec.name.removesuffix(".__main__")
     return os.path.basename(sys.argv[0])
+
+
+def _flag_error_text(error: flags.Error) -> str:
+    """absl's message, without the "ERROR:: " it puts before a flagfile it cannot open."""
+    return str(error).removeprefix("ERROR:: ")
 
 
 def _one_line(error: BaseException) -> str:

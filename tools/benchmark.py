@@ -23,6 +23,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from tfqat import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory (its export/ holds the files).")
 flags.DEFINE_integer("threads", 2, "Inference threads of every backend.")
@@ -117,8 +119,24 @@ def ensure_intel_files(export_dir, calibration):
     return export_intel(export_dir, calibration, num_threads=FLAGS.threads)
 
 
+def check_run(model_dir: str):
+    """A run whose export/ has its .tflite files (the Intel ones are made if missing)."""
+    from tfqat.recipe.checks import run_flags
+
+    run_flags("--model_dir", model_dir)
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        path = os.path.join(model_dir, "export", name)
+        if not os.path.isfile(path):
+            raise cli.InputError(
+                f"--model_dir={model_dir}: no {path}; export the run first "
+                "(python -m tfqat.export --model_dir=DIR)"
+            )
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    check_run(FLAGS.model_dir)
     from tfqat.export.openvino.checks import convolution_precisions
     from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
 
@@ -219,4 +237,4 @@ def table(result) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

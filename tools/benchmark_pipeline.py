@@ -11,14 +11,15 @@ import time
 from absl import app, flags
 
 import tfqat  # noqa: F401
+from tfqat import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "detection", ["detection"], "Which pipeline.")
 flags.DEFINE_string("model_size", "pico", "Model size of the training step.")
 flags.DEFINE_string("activation", "silu", "Activation of the training step's model.")
 flags.DEFINE_list("input_size", ["256", "256"], "height,width")
-flags.DEFINE_integer("batch_size", 16, "Batch size.")
-flags.DEFINE_integer("batches", 60, "Batches timed for each side (after warmup).")
+flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("batches", 60, "Batches timed for each side (after warmup).", lower_bound=2)
 
 
 def images_per_second(next_batch, batches: int, batch_size: int) -> float:
@@ -30,7 +31,12 @@ def images_per_second(next_batch, batches: int, batch_size: int) -> float:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from tfqat.recipe.checks import check_input_size, check_model_choice
+
+    check_model_choice(FLAGS.task, FLAGS.model_size, FLAGS.activation)
+    check_input_size(FLAGS.input_size)
     from tfqat.data.coco import load_coco
     from tfqat.data.synthetic import ensure_synthetic
     from tfqat.tasks.detection import DetectionConfig, DetectionTask
@@ -75,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

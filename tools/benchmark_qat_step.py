@@ -14,7 +14,9 @@ import time
 from absl import app, flags
 
 import tfqat  # noqa: F401
+from tfqat import cli
 from tfqat.recipe import build
+from tfqat.recipe.checks import check_recipe
 from tfqat.recipe.flags import define_flags
 
 FLAGS = flags.FLAGS
@@ -32,7 +34,9 @@ def seconds_per_step(step, batch, steps: int) -> float:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    check_recipe(FLAGS)
     from tfqat.optimize import qat
     from tfqat.train.checkpoints import QAT_SCHEMES
     from tfqat.train.loop import ModelEMA, StageConfig, make_optimizer, make_train_step
@@ -69,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -34,6 +34,8 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from tfqat import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFLITE_RUNTIME_214 = ["tflite-runtime==2.14.0", "numpy<2", "pillow", "absl-py"]
 # What tfqat.runtime and tools/predict.py need on a device besides the model's runtime.
@@ -189,6 +191,7 @@ def main(argv):
             raise SystemExit(f"worker ran on {runtime_name}, not tflite_runtime")
         np.savez(FLAGS.raw_outputs, **outputs)
         return
+    check_inputs(FLAGS.model, FLAGS.images)
     scratch = tempfile.mkdtemp(prefix="tflite_runtime_214_")
     try:
         wheel = build_wheel(os.path.join(scratch, "wheel"))
@@ -211,6 +214,23 @@ def main(argv):
         )
 
 
+def check_inputs(model_path: str, image_paths):
+    """The model loads in LiteRT here and every image decodes, before any venv is built."""
+    from tfqat.data.images import decode_image
+    from tfqat.runtime.tflite import TFLiteRunner
+
+    if not os.path.isfile(model_path):
+        raise cli.InputError(f"--model={model_path}: no such file")
+    TFLiteRunner(model_path)  # a ValueError naming the file if LiteRT cannot load it
+    for path in image_paths:
+        if not os.path.isfile(path):
+            raise cli.InputError(f"--images: {path}: no such file")
+        try:
+            decode_image(path)
+        except (OSError, ValueError) as e:
+            raise cli.InputError(f"--images: {path} is not an image PIL can decode ({e})") from e
+
+
 def define_flags():
     """Defined only when run as a program: tests import this file for its venv functions."""
     flags.DEFINE_string("model", None, ".tflite file to check.")
@@ -223,4 +243,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -12,11 +12,13 @@ byte-wise entropy coder (what gzip's Huffman stage approximates) would give them
 the zeros can buy from what gzip fails to take.
 """
 
+import os
 import re
 
 import numpy as np
 from absl import app, flags
 
+from tfqat import cli
 from tfqat.evaluate.report import gzip_size
 from tfqat.export.tflite.flatbuffer import weight_tensors
 from tfqat.optimize.prune_defaults import DEFAULT_EXCLUDE
@@ -56,12 +58,24 @@ def count(tensors: dict) -> tuple[int, int]:
     )
 
 
+def read_tflite(flag: str, path: str) -> bytes:
+    """The bytes of a .tflite file; cli.InputError naming the flag when it is not one."""
+    from tfqat.runtime.metadata import tflite_metadata_entries
+
+    if not os.path.isfile(path):
+        raise cli.InputError(f"--{flag}={path}: no such file")
+    try:
+        tflite_metadata_entries(path)  # reads the flatbuffer's tables: fails on a foreign file
+    except ValueError as e:
+        raise cli.InputError(f"--{flag}={e}") from e
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def main(argv):
-    del argv
-    data = {}
-    for name, path in (("pruned", FLAGS.pruned), ("dense", FLAGS.dense)):
-        with open(path, "rb") as f:
-            data[name] = f.read()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    data = {name: read_tflite(name, getattr(FLAGS, name)) for name in ("pruned", "dense")}
     weights = {name: weight_tensors(content) for name, content in data.items()}
     prunable = {
         name: {t: v for t, v in found.items() if is_prunable(t)} for name, found in weights.items()
@@ -92,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -4,19 +4,18 @@
         [--show=N --out=DIR [--input_size=SIZE|HEIGHT,WIDTH --seed=S]]
         [--exif_transpose] [--annotation_problems=error|warn]
 
-Exit status 0 with a summary on a valid dataset; 1 with every problem listed on an invalid one.
+Exit status 0 with a summary on a valid dataset; 1 with every problem listed on an invalid one
+(one line when there is one); 2 for a flag that cannot work.
 """
-
-import sys
 
 from absl import app, flags
 
+from tfqat import cli
 from tfqat.data.coco import (
     ANNOTATION_PROBLEM_MODES,
     BOX_SIZE_LABELS,
     TASKS,
     CocoDataset,
-    DatasetError,
     load_coco,
 )
 
@@ -81,18 +80,16 @@ def format_summary(dataset: CocoDataset) -> str:
 
 
 def main(argv):
-    del argv
-    try:
-        dataset = load_coco(
-            FLAGS.annotations,
-            FLAGS.images,
-            FLAGS.task,
-            exif_transpose=FLAGS.exif_transpose,
-            annotation_problems=FLAGS.annotation_problems,
-        )
-    except DatasetError as e:
-        print(e, file=sys.stderr)
-        return 1
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # A DatasetError lists every problem (cli.run prints it, exit status 1).
+    dataset = load_coco(
+        FLAGS.annotations,
+        FLAGS.images,
+        FLAGS.task,
+        exif_transpose=FLAGS.exif_transpose,
+        annotation_problems=FLAGS.annotation_problems,
+    )
     print(format_summary(dataset))
     if FLAGS.show:
         from tfqat.data.pipeline import render_samples  # imports TensorFlow: only when asked
@@ -100,8 +97,7 @@ def main(argv):
         size = [int(s) for s in FLAGS.input_size]
         render_samples(dataset, FLAGS.task, FLAGS.show, FLAGS.out, (size[0], size[-1]), FLAGS.seed)
         print(f"wrote {FLAGS.show} samples to {FLAGS.out}")
-    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,11 +10,11 @@ The output is the same byte for byte for the same flags. DIR must not exist or b
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
 
+from tfqat import cli
 from tfqat.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -35,16 +35,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     make = synthetic.make_detection if FLAGS.task == "detection" else synthetic.make_pose
     start = time.perf_counter()
-    try:
-        paths = make(
-            FLAGS.out,
-            num_train=FLAGS.num_train,
-            num_val=FLAGS.num_val,
-            seed=FLAGS.seed,
-            image_size=FLAGS.image_size,
-        )
-    except FileExistsError as e:
-        sys.exit(f"make_synthetic: {e}")
+    # An --out that is not an empty folder: FileExistsError, one line (cli.run).
+    paths = make(
+        FLAGS.out,
+        num_train=FLAGS.num_train,
+        num_val=FLAGS.num_val,
+        seed=FLAGS.seed,
+        image_size=FLAGS.image_size,
+    )
     counts = []
     for split in ("train", "val"):
         with open(paths[f"{split}_annotations"]) as f:
@@ -59,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,15 +14,17 @@ device install.
 
 import io
 import json
+import os
 import sys
 
 import numpy as np
 from absl import app, flags
 
-from tfqat import runtime
+from tfqat import cli, runtime
 from tfqat.data.draw import draw_boxes, draw_keypoints
 from tfqat.data.images import decode_image
 from tfqat.fileio import atomic_write
+from tfqat.runtime.metadata import read_metadata
 
 FLAGS = flags.FLAGS
 
@@ -48,11 +50,24 @@ def parse_boxes(text: str) -> np.ndarray:
     """'x1,y1,x2,y2;...' -> float [N, 4]; raises app.UsageError on a malformed box."""
     boxes = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        values = part.split(",")
-        if len(values) != 4:
-            raise app.UsageError(f"--boxes: {part!r} is not x1,y1,x2,y2")
-        boxes.append([float(v) for v in values])
+        try:
+            box = [float(v) for v in part.split(",")]
+        except ValueError:
+            box = []
+        if len(box) != 4:
+            raise app.UsageError(f"--boxes: {part!r} is not x1,y1,x2,y2 (four numbers)")
+        boxes.append(box)
     return np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def read_image(path: str, exif_transpose: bool) -> np.ndarray:
+    """The --image file decoded; cli.InputError naming it when it is missing or not an image."""
+    if not os.path.isfile(path):
+        raise cli.InputError(f"--image={path}: no such file")
+    try:
+        return decode_image(path, exif_transpose)
+    except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated data
+        raise cli.InputError(f"--image={path} is not an image PIL can decode ({e})") from e
 
 
 def draw_detections(image, detections, names):
@@ -97,9 +112,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.output.lower().endswith(".png"):
         raise app.UsageError(f"--output={FLAGS.output} must be a .png file")
-    predictor = runtime.load(FLAGS.model, num_threads=FLAGS.num_threads)
-    image = decode_image(FLAGS.image, predictor.metadata["input"]["exif_transpose"])
     boxes = parse_boxes(FLAGS.boxes) if FLAGS.boxes else None
+    folder = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not os.path.isdir(folder):
+        raise cli.InputError(f"--output={FLAGS.output}: no folder {folder} to write it in")
+    # Both inputs checked before a runtime loads (LiteRT prints a line of its own).
+    if not os.path.isfile(FLAGS.model):
+        raise cli.InputError(f"--model={FLAGS.model}: no such file")
+    metadata = read_metadata(FLAGS.model)
+    image = read_image(FLAGS.image, metadata["input"]["exif_transpose"])
+    predictor = runtime.load(FLAGS.model, num_threads=FLAGS.num_threads)
     results, picture = predict(predictor, image, FLAGS.score_threshold, boxes)
     png = io.BytesIO()
     picture.save(png, format="PNG")
@@ -114,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

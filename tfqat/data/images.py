@@ -8,12 +8,24 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+# The image files the readers take (`file_name` may be upper case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
 
 def default_cache_dir() -> str:
     """$TFQAT_CACHE_DIR, else ~/.cache/tfqat: where image checks and synthetic sets are cached."""
     return os.environ.get("TFQAT_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "tfqat"
     )
+
+
+def first_image_file(folder: str) -> str | None:
+    """The first JPEG or PNG file found in `folder` or its sub-folders; None if it has none."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                return os.path.join(root, name)
+    return None
 
 
 def decode_image(path: str, exif_transpose: bool = False) -> np.ndarray:

@@ -12,12 +12,18 @@ import numpy as np
 from tfqat.data.letterbox import letterboxed_batches
 from tfqat.evaluate import report as report_lib
 from tfqat.evaluate.parity import backend_parity, layer_report_text
-from tfqat.export.artifacts import ANDROID_ARTIFACT, artifact_kind, export_files, exported_files
+from tfqat.export.artifacts import (
+    ANDROID_ARTIFACT,
+    EXPORTED,
+    artifact_kind,
+    export_files,
+    exported_files,
+)
 from tfqat.export.errors import ExportValidationError
 from tfqat.export.tflite.flatbuffer import tflite_kernel_sparsity
 from tfqat.fileio import atomic_write
 from tfqat.runtime.android import AndroidDetector
-from tfqat.runtime.backends import open_backend
+from tfqat.runtime.backends import file_format, open_backend
 
 # An int8 backend whose task metric falls more than this (relative) below tflite_int8 fails.
 MAX_METRIC_DROP = 0.01
@@ -87,11 +93,15 @@ def _rank4_constants(path) -> list[np.ndarray]:
     ]
 
 
-def evaluate_exported(task, path, model_dir):
-    """An exported file's report row, run by its own runtime (LiteRT, onnxruntime, OpenVINO)."""
-    name, fmt, precision = artifact_kind(path)
+def evaluate_exported(task, path, report_dir, predictions_dir=None, kind=None):
+    """An exported file's report row, run by its own runtime (LiteRT, onnxruntime, OpenVINO).
+
+    `report_dir` and `predictions_dir` as `evaluated_row` (a run's: its model_dir); `kind`:
+    (artifact name, format, precision), by default from the file's place in export/.
+    """
+    name, fmt, precision = kind or artifact_kind(path)
     if name == ANDROID_ARTIFACT:
-        return android_row(task, path, model_dir)
+        return android_row(task, path, report_dir, predictions_dir)
     return evaluated_row(
         task,
         open_backend(path),
@@ -101,11 +111,12 @@ def evaluate_exported(task, path, model_dir):
         precision,
         _file_bytes(path),
         file_kernel_sparsity(path),
-        model_dir,
+        report_dir,
+        predictions_dir=predictions_dir,
     )
 
 
-def android_row(task, path, model_dir) -> dict:
+def android_row(task, path, report_dir, predictions_dir=None) -> dict:
     """The tflite_int8_android row (its decode and NMS run in the graph) plus its latency next
     to tflite_int8 + the numpy post-processor."""
     from tfqat.evaluate import android
@@ -121,8 +132,9 @@ def android_row(task, path, model_dir) -> dict:
         precision,
         _file_bytes(path),
         file_kernel_sparsity(path),
-        model_dir,
+        report_dir,
         results,
+        predictions_dir,
     )
     first = next(letterboxed_batches(task.val_set, task.config.input_size, 1, limit=1))[1]
     int8_path = os.path.join(os.path.dirname(path), "model_int8.tflite")
@@ -130,16 +142,42 @@ def android_row(task, path, model_dir) -> dict:
     return row
 
 
+def exported_kind(path, metadata: dict) -> tuple[str, str, str]:
+    """(artifact name, format, precision) of an exported file, by its file name (EXPORTED), also
+    when copied out of export/. A file renamed after export is its own artifact, named after the
+    file; a .tflite's precision is its input's (its metadata), another file's "unknown"."""
+    name = os.path.basename(path)
+    for key, kind in EXPORTED.items():
+        if name in (key, key.removeprefix("openvino/")):
+            return kind
+    fmt = file_format(path)
+    precision = metadata["input"]["dtype"] if fmt == "tflite" else "unknown"
+    return os.path.splitext(name)[0], fmt, precision
+
+
 def evaluated_row(
-    task, predict_fn, name, path, fmt, precision, data, sparsity, model_dir, results=None
+    task,
+    predict_fn,
+    name,
+    path,
+    fmt,
+    precision,
+    data,
+    sparsity,
+    report_dir,
+    results=None,
+    predictions_dir=None,
 ):
+    """Writes `<predictions_dir>/<name>.json` (default `<report_dir>/predictions/`) and returns
+    the report row; paths in the row are relative to `report_dir`, the report's folder."""
     if results is None:
         results = task.predict(predict_fn)
-    predictions = os.path.join(model_dir, "predictions", f"{name}.json")
-    os.makedirs(os.path.dirname(predictions), exist_ok=True)
+    predictions_dir = predictions_dir or os.path.join(report_dir, "predictions")
+    predictions = os.path.join(predictions_dir, f"{name}.json")
+    os.makedirs(predictions_dir, exist_ok=True)
     atomic_write(predictions, json.dumps(results))
     return report_lib.artifact_row(
-        name, path, fmt, precision, data, sparsity, task.metrics(results), predictions, model_dir
+        name, path, fmt, precision, data, sparsity, task.metrics(results), predictions, report_dir
     )
 
 
@@ -155,10 +193,14 @@ def backend_metric_problems(task, rows) -> list[str]:
     ]
 
 
-def evaluate_keras(task, model, name, model_dir, results=None):
+def evaluate_keras(
+    task, model, name, model_dir, results=None, predictions_dir=None, report_dir=None
+):
     """A Keras model's row; a QAT model's precision is "int8-simulated" (fake-quantized float).
 
     `results`: the model's COCO results on the val set if already predicted, else it is run.
+    `model_dir` is the run's; `report_dir` (default `model_dir`) and `predictions_dir` as
+    `evaluated_row`.
     """
     from tfqat.tasks.common import keras_predict_fn
 
@@ -175,6 +217,7 @@ def evaluate_keras(task, model, name, model_dir, results=None):
         precision,
         data,
         report_lib.zero_fraction(kernels),
-        model_dir,
+        report_dir or model_dir,
         results,
+        predictions_dir,
     )

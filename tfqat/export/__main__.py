@@ -10,22 +10,36 @@ val set (predictions/<artifact>.json, rows in report.json) and compared across b
 """
 
 import os
-import sys
 
 from absl import app, flags
 
 import tfqat  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from tfqat import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory written by tfqat.train.")
 flags.mark_flag_as_required("model_dir")
 
 
+def check_exportable(model_dir: str):
+    """A run with a finished QAT (or PQAT) stage; cli.InputError naming what is missing."""
+    from tfqat.recipe import checks
+
+    stages = checks.run_flags("--model_dir", model_dir).stages
+    quantized = [s for s in stages if s in ("qat", "pqat")]
+    if not quantized:
+        raise cli.InputError(
+            f"--model_dir={model_dir}: --stages={','.join(stages)} has no QAT stage, so there is "
+            "no int8 model to export"
+        )
+    if not checks.has_checkpoint(model_dir, quantized[0]):
+        raise cli.InputError(f"--model_dir={model_dir}: no checkpoint of its {quantized[0]} stage")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not os.path.exists(os.path.join(FLAGS.model_dir, "flags.txt")):
-        raise app.UsageError(f"--model_dir={FLAGS.model_dir} is not a tfqat run (no flags.txt)")
+    check_exportable(os.path.abspath(FLAGS.model_dir))
     from tfqat.evaluate import report as report_lib
     from tfqat.evaluate.artifacts import export_and_evaluate, fail_on
     from tfqat.recipe.run_dir import load_run
@@ -47,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -12,19 +12,6 @@ from tfqat.tf_compat import keras
 layers = keras.layers
 
 
-def _silu(name):
-    return layers.Activation("swish", name=name)
-
-
-def _relu6(name):
-    return layers.ReLU(6.0, name=name)
-
-
-# TF-MOT's default scheme quantizes Activation("swish") and ReLU(6.0). hard-swish is left out:
-# tf_keras has no "hard_swish" activation and building one (x * relu6(x + 3) / 6) needs a
-# constant add, i.e. a Lambda or a custom layer that TF-MOT would not quantize.
-ACTIVATIONS = {"silu": _silu, "relu6": _relu6}
-
 # Ultralytics' BatchNorm2d(eps=1e-3, momentum=0.03) in Keras terms.
 _BN_MOMENTUM = 0.97
 _BN_EPSILON = 1e-3

@@ -11,26 +11,14 @@ logits per level. Decoding (DFL softmax, sigmoid, NMS) happens outside the graph
 
 import math
 
-from tfqat.models.layers import ACTIVATIONS, c2f, conv_bn_act, lookup, make_divisible, sppf
-from tfqat.models.yolo_spec import LEVELS, OUTPUT_NAMES, STRIDES, check_input_size
+from tfqat.models.activations import ACTIVATIONS
+from tfqat.models.layers import c2f, conv_bn_act, lookup, make_divisible, sppf
+from tfqat.models.yolo_spec import LEVELS, OUTPUT_NAMES, SIZES, STRIDES, check_input_size
 from tfqat.tf_compat import keras
 
 layers = keras.layers
 
 __all__ = ["ACTIVATIONS", "OUTPUT_NAMES", "SIZES", "STRIDES", "build_yolo"]
-
-# name -> (depth multiple, width multiple, max channels), as in Ultralytics' yolov8.yaml; "pico"
-# and "femto" are CPU-demo sizes below "n". At 80 classes, reg_max 16 (all weights, incl. BN
-# moving statistics; multiply-accumulates at 256x256):
-#   n 3.17M (0.70 GMAC), s 11.19M (2.29), pico 1.18M (0.32), femto 0.61M (0.21).
-# "n" has exactly the trainable weights of Ultralytics' YOLOv8n. The head's box branch is at
-# least 4 * reg_max = 64 channels wide, which dominates the two small sizes.
-SIZES = {
-    "n": (0.33, 0.25, 1024),
-    "s": (0.33, 0.50, 1024),
-    "pico": (0.33, 0.125, 1024),
-    "femto": (0.33, 0.0625, 1024),
-}
 
 
 def detect_head(features, num_classes, reg_max, act):

@@ -1,7 +1,7 @@
-"""What the YOLO detector's raw outputs are, without TensorFlow.
+"""What the YOLO detector's sizes and raw outputs are, without TensorFlow.
 
-Shared by the model builder (`tfqat.models.yolo`), the loss and the numpy post-processor that
-runs on devices without TensorFlow, so nothing here may import TensorFlow.
+Shared by the model builder (`tfqat.models.yolo`), the loss, the recipe check and the numpy
+post-processor that runs on devices without TensorFlow, so nothing here may import TensorFlow.
 """
 
 import numpy as np
@@ -12,6 +12,19 @@ LEVELS = ("p3", "p4", "p5")
 # logits (4 groups of reg_max bins: left, top, right, bottom distances in stride units) and a
 # class tensor [B, H/s, W/s, num_classes] of logits.
 OUTPUT_NAMES = tuple(name for level in LEVELS for name in (f"box_{level}", f"cls_{level}"))
+
+# name -> (depth multiple, width multiple, max channels), as in Ultralytics' yolov8.yaml; "pico"
+# and "femto" are CPU-demo sizes below "n". At 80 classes, reg_max 16 (all weights, incl. BN
+# moving statistics; multiply-accumulates at 256x256):
+#   n 3.17M (0.70 GMAC), s 11.19M (2.29), pico 1.18M (0.32), femto 0.61M (0.21).
+# "n" has exactly the trainable weights of Ultralytics' YOLOv8n. The head's box branch is at
+# least 4 * reg_max = 64 channels wide, which dominates the two small sizes.
+SIZES = {
+    "n": (0.33, 0.25, 1024),
+    "s": (0.33, 0.50, 1024),
+    "pico": (0.33, 0.125, 1024),
+    "femto": (0.33, 0.0625, 1024),
+}
 
 
 def check_input_size(input_size) -> tuple[int, int]:

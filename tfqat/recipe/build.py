@@ -31,19 +31,16 @@ def dataset_paths(fv) -> dict:
 
 
 def load_datasets(fv, paths: dict) -> list:
-    """[train, val] CocoDatasets of `paths`, validated with the recipe's settings."""
-    from tfqat.data.coco import load_coco
+    """[train, val] CocoDatasets of `paths`, validated with the recipe's settings: both
+    annotation files first, then every image."""
+    from tfqat.data.coco import load_coco_splits
 
-    return [
-        load_coco(
-            paths[f"{split}_annotations"],
-            paths[f"{split}_images"],
-            fv.task,
-            exif_transpose=fv.exif_transpose,
-            annotation_problems=fv.annotation_problems,
-        )
-        for split in ("train", "val")
-    ]
+    return load_coco_splits(
+        [(paths[f"{split}_annotations"], paths[f"{split}_images"]) for split in ("train", "val")],
+        fv.task,
+        exif_transpose=fv.exif_transpose,
+        annotation_problems=fv.annotation_problems,
+    )
 
 
 def _detection_task(fv, train, val):

@@ -1,7 +1,8 @@
 """The recipe schema: every flag of `python -m tfqat.train`, defined on any FlagValues.
 
 `tfqat.train` defines them on absl's global FLAGS; `tfqat.recipe.run_dir` defines them on a
-private FlagValues to read a run's `flags.txt` back.
+private FlagValues to read a run's `flags.txt` back, `flags_from_text` to read the recipe an
+exported file carries.
 """
 
 from absl import flags
@@ -172,24 +173,11 @@ def recipe_flag_names() -> list[str]:
     return list(fv)
 
 
-def check(fv):
-    """Contradictory flags fail here, before any work."""
-    given = [f for f in PATH_FLAGS if getattr(fv, f)]
-    if given and len(given) != len(PATH_FLAGS):
-        missing = sorted(set(PATH_FLAGS) - set(given))
-        raise ValueError(f"dataset paths are all-or-none; missing: --{', --'.join(missing)}")
-    if not given and not fv.dataset:
-        raise ValueError("give --dataset=synthetic_* or all of --" + ", --".join(PATH_FLAGS))
-    if fv.dataset and fv.dataset != f"synthetic_{fv.task}":
-        raise ValueError(f"--dataset={fv.dataset} does not match --task={fv.task}")
-    if fv.stages not in STAGE_SEQUENCES:
-        choices = " or ".join(",".join(s) for s in STAGE_SEQUENCES)
-        raise ValueError(f"--stages={','.join(fv.stages)} is not supported; use {choices}")
-    if fv.m_by_n and abs(fv.target_sparsity - int(fv.m_by_n[0]) / int(fv.m_by_n[1])) > 1e-6:
-        raise ValueError(
-            f"--m_by_n={','.join(fv.m_by_n)} prunes exactly m/n; set --target_sparsity to it"
-        )
-    if len(fv.input_size) != 2 or any(int(v) % 32 for v in fv.input_size):
-        raise ValueError("--input_size must be height,width, both multiples of 32")
-    if not (fv.model_dir or fv.name):
-        raise ValueError("give --model_dir or --name")
+def flags_from_text(text: str) -> flags.FlagValues:
+    """The recipe flags of a flagfile's text (a .tflite's metadata "recipe" is its run's
+    flags.txt), on a private FlagValues. Raises flags.Error on a flag it does not know."""
+    options = flags.FlagValues()
+    define_flags(options)
+    lines = [line.strip() for line in text.splitlines()]
+    options(["tfqat", *(line for line in lines if line and not line.startswith("#"))])
+    return options

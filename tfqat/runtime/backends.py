@@ -1,5 +1,6 @@
 """The one dispatch from a model file to the runner of its format."""
 
+import contextlib
 import os
 
 # File extension -> format name, as report.json's "format" says it.
@@ -24,6 +25,9 @@ def open_backend(path, num_threads: int = 2, output_order=None, output_quantizat
     ({name: (scale, zero point)}) dequantizes integer outputs of .onnx / .xml files.
     """
     kind = file_format(path)
+    weights = os.path.splitext(os.fspath(path))[0] + ".bin"
+    if kind == "openvino" and not os.path.isfile(weights):
+        raise FileNotFoundError(f"{path}: no {weights} beside it (an OpenVINO IR is both files)")
     if kind == "tflite":
         from tfqat.runtime.tflite import TFLiteRunner
 
@@ -37,3 +41,18 @@ def open_backend(path, num_threads: int = 2, output_order=None, output_quantizat
         output_order=output_order,
         output_quantization=output_quantization,
     )
+
+
+@contextlib.contextmanager
+def loading(path, runtime: str):
+    """Turns a runtime's refusal to load a file into a ValueError naming the file.
+
+    Each runtime has its own exception types (LiteRT ValueError, onnxruntime its own classes
+    derived from Exception, OpenVINO RuntimeError): wrap only the call that loads the file.
+    """
+    try:
+        yield
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(e).__name__
+        raise ValueError(f"{path}: {runtime} cannot load it: {reason}") from e

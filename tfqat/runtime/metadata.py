@@ -19,14 +19,14 @@ def read_metadata(path: str) -> dict:
 
     A .tflite carries it inside; without an embedded entry, and for .onnx / .xml files, it is
     `metadata.json` next to the file or in its parent folder (export/openvino/model.xml ->
-    export/metadata.json). Raises FileNotFoundError naming the places looked at.
+    export/metadata.json). Raises FileNotFoundError naming the places looked at, ValueError
+    when the file is not a .tflite or is cut short.
     """
     path = os.fspath(path)
     if path.endswith(".tflite"):
-        with open(path, "rb") as f:
-            entries = tflite_metadata_entries(f.read())
+        entries = tflite_metadata_entries(path)
         if METADATA_NAME in entries:
-            return json.loads(entries[METADATA_NAME].decode())
+            return _parse(entries[METADATA_NAME], path)
     folder = os.path.dirname(os.path.abspath(path))
     candidates = [
         os.path.join(folder, METADATA_FILE),
@@ -34,8 +34,8 @@ def read_metadata(path: str) -> dict:
     ]
     for candidate in candidates:
         if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return json.load(f)
+            with open(candidate, "rb") as f:
+                return _parse(f.read(), candidate)
     inside = f"no {METADATA_NAME!r} entry in the file, and " if path.endswith(".tflite") else ""
     raise FileNotFoundError(
         f"{path}: no tfqat metadata: {inside}no {' or '.join(candidates)} (re-export the run "
@@ -43,14 +43,35 @@ def read_metadata(path: str) -> dict:
     )
 
 
+def _parse(data: bytes, source: str) -> dict:
+    try:
+        return json.loads(data.decode())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{source}: its tfqat metadata is not valid JSON ({e})") from e
+
+
 def tflite_metadata_entries(tflite_model) -> dict[str, bytes]:
-    """Name -> bytes of every Model.metadata entry of a .tflite, read with `struct` only."""
+    """Name -> bytes of every Model.metadata entry of a .tflite, read with `struct` only.
+
+    Raises ValueError naming the file when it is not a .tflite or ends before its data does.
+    """
     if isinstance(tflite_model, (bytes, bytearray)):
-        data = tflite_model
+        data, source = tflite_model, "the .tflite"
     else:
-        with open(os.fspath(tflite_model), "rb") as f:
+        source = os.fspath(tflite_model)
+        with open(source, "rb") as f:
             data = f.read()
-    reader = _FlatbufferReader(bytes(data))
+    try:
+        return _metadata_entries(_FlatbufferReader(bytes(data)))
+    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{source}: not a valid .tflite file: it ends before its data does (truncated?)"
+        ) from e
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def _metadata_entries(reader) -> dict[str, bytes]:
     model = reader.root()
     buffers = reader.table_vector(model, _MODEL_BUFFERS)
     entries = {}
@@ -74,12 +95,20 @@ _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
 
 
 class _FlatbufferReader:
-    """The few flatbuffer reads the metadata needs: tables, vectors of tables, strings, bytes."""
+    """The few flatbuffer reads the metadata needs: tables, vectors of tables, strings, bytes.
+
+    A read past the end of the data raises struct.error or IndexError.
+    """
 
     def __init__(self, data: bytes):
         if len(data) < 8 or data[4:8] != b"TFL3":
             raise ValueError("not a .tflite file (no TFL3 flatbuffer identifier)")
         self.data = data
+
+    def _slice(self, start: int, length: int) -> bytes:
+        if start + length > len(self.data):
+            raise IndexError(f"bytes {start}..{start + length} of {len(self.data)}")
+        return self.data[start : start + length]
 
     def _u32(self, position: int) -> int:
         return struct.unpack_from("<I", self.data, position)[0]
@@ -113,17 +142,18 @@ class _FlatbufferReader:
 
     def table_vector(self, table: int, field: int) -> list[int]:
         start, length = self._vector(table, field)
+        self._slice(start, 4 * length)
         return [start + 4 * i + self._u32(start + 4 * i) for i in range(length)]
 
     def string(self, table: int, field: int) -> str:
         start, length = self._vector(table, field)
-        return self.data[start : start + length].decode()
+        return self._slice(start, length).decode()
 
     def buffer_bytes(self, buffer: int) -> bytes:
         """A Buffer's bytes: inline, or after the flatbuffer (files over 2 GB)."""
         start, length = self._vector(buffer, _BUFFER_DATA)
         if length:
-            return self.data[start : start + length]
+            return self._slice(start, length)
         offset = self.scalar(buffer, _BUFFER_OFFSET, "<Q")
         size = self.scalar(buffer, _BUFFER_SIZE, "<Q")
-        return self.data[offset : offset + size] if offset > 1 else b""
+        return self._slice(offset, size) if offset > 1 else b""

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from tfqat.runtime.backends import loading
 from tfqat.runtime.pixels import quantize_pixels
 
 __all__ = ["OnnxRunner", "OpenVINORunner"]
@@ -106,9 +107,10 @@ class OnnxRunner(_Runner):
         options.inter_op_num_threads = 1
         # Idle threads that spin steal the cores from whatever runs next (2-core machines).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            os.fspath(path), options, providers=["CPUExecutionProvider"]
-        )
+        with loading(path, "onnxruntime"):
+            self.session = ort.InferenceSession(
+                os.fspath(path), options, providers=["CPUExecutionProvider"]
+            )
         (model_input,) = self.session.get_inputs()
         if model_input.type not in _ONNX_TYPES:
             raise ValueError(f"{path}: unsupported input type {model_input.type}")
@@ -149,8 +151,9 @@ class OpenVINORunner(_Runner):
         if precision_hint:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
         core = core or ov.Core()
-        model = core.read_model(os.fspath(xml_path)) if _is_path(xml_path) else xml_path
-        self.compiled = core.compile_model(model, "CPU", config)
+        with loading(xml_path if _is_path(xml_path) else "the OpenVINO model", "OpenVINO"):
+            model = core.read_model(os.fspath(xml_path)) if _is_path(xml_path) else xml_path
+            self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         (model_input,) = self.compiled.inputs
         type_name = model_input.get_element_type().get_type_name()

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from tfqat.runtime.backends import loading
+
 # TF-MOT names each quantized layer "quant_<layer>"; our file names are the Keras layers'.
 TFMOT_PREFIX = "quant_"
 
@@ -87,12 +89,12 @@ class TFLiteRunner:
         if reference_kernels:
             options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
         if isinstance(model, (str, os.PathLike)):
-            source = os.fspath(model)
-            self.interpreter = module.Interpreter(model_path=source, **options)
+            source, given = os.fspath(model), {"model_path": os.fspath(model)}
         else:
-            source = "the .tflite"
-            self.interpreter = module.Interpreter(model_content=bytes(model), **options)
-        self.interpreter.allocate_tensors()
+            source, given = "the .tflite", {"model_content": bytes(model)}
+        with loading(source, self.runtime_name):
+            self.interpreter = module.Interpreter(**given, **options)
+            self.interpreter.allocate_tensors()
         (self.input_detail,) = self.interpreter.get_input_details()
         details = self.interpreter.get_output_details()
         names = interpreter_output_names(self.interpreter)

@@ -11,8 +11,10 @@ import sys
 from absl import app, flags
 
 import tfqat  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from tfqat import cli
 from tfqat.recipe import build, run_dir
 from tfqat.recipe import flags as recipe_flags
+from tfqat.recipe.checks import check_recipe
 
 FLAGS = flags.FLAGS
 recipe_flags.define_flags(FLAGS)
@@ -21,16 +23,15 @@ recipe_flags.define_flags(FLAGS)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        recipe_flags.check(FLAGS)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    check_recipe(FLAGS)
+    paths = build.dataset_paths(FLAGS)
+    # Both annotation files, then every image: nothing is written before the datasets are valid.
+    datasets = build.load_datasets(FLAGS, paths)
     model_dir = os.path.abspath(FLAGS.model_dir or os.path.join("runs", FLAGS.name))
     os.makedirs(model_dir, exist_ok=True)
     run_dir.write_flags(FLAGS, model_dir)
 
-    paths = build.dataset_paths(FLAGS)
-    task = build.make_task(FLAGS, *build.load_datasets(FLAGS, paths))
+    task = build.make_task(FLAGS, *datasets)
 
     from tfqat.recipe.run import run_recipe
 
@@ -47,7 +48,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ in it and the `DatasetError` that lists the fatal ones."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +20,19 @@ class Problem:
 
 
 class DatasetError(ValueError):
-    """Every fatal problem found in a dataset; str() lists them one per line, after their count."""
+    """Every fatal problem found in a dataset. str() is one line for one problem (the annotation
+    file's path, then the problem); several are listed one per line, after their count."""
 
     def __init__(self, annotation_file: str, problems: list[Problem]):
         self.annotation_file = annotation_file
         self.problems = list(problems)
-        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        if len(self.problems) == 1:
+            # Messages start with the file's name; the whole path replaces it.
+            text = self.problems[0].message
+            name = f"{os.path.basename(annotation_file)}: "
+            super().__init__(f"{annotation_file}: {text.removeprefix(name)}")
+            return
+        count = f"{len(self.problems)} problems"
         lines = [f"{count} in dataset {annotation_file}:"] + [p.message for p in self.problems]
         super().__init__("\n".join(lines))
 
