@@ -30,7 +30,7 @@ from absl import app, flags
 from tfqat.data.coco import load_coco
 from tfqat.data.images import default_cache_dir
 from tfqat.evaluate import report as report_lib
-from tfqat.evaluate.artifacts import android_results
+from tfqat.evaluate.android import android_results
 from tfqat.fileio import atomic_write
 from tfqat.postprocess.detection import detection_results
 from tfqat.postprocess.metrics import coco_metrics
