@@ -1,12 +1,19 @@
 """Every file a run exports (README.md, "Run directory"): converted, validated, then written.
 
+The whole set is written into `export.partial-<pid>/` beside `export/` and replaces it only
+once every file has passed its checks: a failed check or an interrupted export leaves the
+previous set as it was.
+
 `tfqat.evaluate.artifacts.export_and_evaluate` calls `export_files` at the end of a recipe and
 from `python -m tfqat.export`, so a run's files are the same whichever wrote them.
 """
 
+import contextlib
+import glob
 import os
+import shutil
 
-from tfqat.fileio import atomic_write
+from tfqat.fileio import atomic_write, fsync_directory
 
 # Exported file (path relative to export/) -> (artifact name, format, precision).
 EXPORTED = {
@@ -63,18 +70,45 @@ def export_files(task, models, model_dir, calibration, min_output_levels=32):
                 score_output_names=task.score_output_names,
                 min_levels=min_output_levels,
             )
-    export_dir = os.path.join(model_dir, "export")
-    os.makedirs(export_dir, exist_ok=True)
     flags_file = os.path.join(model_dir, "flags.txt")
     flags_text = open(flags_file).read() if os.path.exists(flags_file) else ""
-    for name, data in files.items():
-        metadata = metadata_lib.build_metadata(task, flags_text, data)
-        atomic_write(os.path.join(export_dir, name), metadata_lib.embed_metadata(data, metadata))
-        if name == "model_int8.tflite":  # also describes the .onnx and IRs made from this file
-            metadata_lib.write_metadata(export_dir, metadata)
-    export_intel(export_dir, calibration)
-    if task.name == "detection":
-        from tfqat.export.android.build import export_android
+    export_dir = os.path.join(model_dir, "export")
+    with staged_folder(export_dir) as staging:
+        for name, data in files.items():
+            metadata = metadata_lib.build_metadata(task, flags_text, data)
+            atomic_write(os.path.join(staging, name), metadata_lib.embed_metadata(data, metadata))
+            if name == "model_int8.tflite":  # also describes the .onnx and IRs made from it
+                metadata_lib.write_metadata(staging, metadata)
+        export_intel(staging, calibration)
+        if task.name == "detection":
+            from tfqat.export.android.build import export_android
 
-        export_android(export_dir, calibration[:_ANDROID_CHECK_IMAGES])
+            export_android(staging, calibration[:_ANDROID_CHECK_IMAGES])
     return export_dir
+
+
+@contextlib.contextmanager
+def staged_folder(final_dir: str):
+    """Yields an empty sibling folder to write a set of files into; when the block ends
+    without an exception, it replaces `final_dir` whole, else it is removed and `final_dir`
+    stays as it was. A crash between the two renames leaves `<final_dir>.previous`, which the
+    next call puts back first."""
+    parent, name = os.path.split(os.path.abspath(final_dir))
+    previous = os.path.join(parent, f"{name}.previous")
+    if os.path.isdir(previous) and not os.path.exists(final_dir):
+        os.replace(previous, final_dir)
+    for stale in glob.glob(os.path.join(parent, f"{name}.partial-*")):  # from a killed export
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = os.path.join(parent, f"{name}.partial-{os.getpid()}")
+    os.makedirs(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    if os.path.exists(final_dir):
+        os.replace(final_dir, previous)
+    os.replace(staging, final_dir)
+    fsync_directory(parent)
+    shutil.rmtree(previous, ignore_errors=True)
