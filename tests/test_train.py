@@ -11,6 +11,7 @@ from conftest import REPO, run_recipe
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
+from tfqat.train.checkpoints import CheckpointMismatch
 
 
 class ToyTask:
@@ -69,6 +70,21 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert resumed.seconds >= first.seconds
     np.testing.assert_equal(
         sorted(os.listdir(tmp_path / "checkpoints" / "float"))[-1].startswith("ckpt"), True
+    )
+
+
+def test_resume_from_another_model_stops_naming_the_variables(tmp_path):
+    task = ToyTask()
+    training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path), verbose=0)
+    inputs = keras.Input((4,))
+    wider = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
+    with pytest.raises(CheckpointMismatch) as error:
+        training.fit(task, wider, task.train_dataset, _config(2), str(tmp_path), verbose=0)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "float"))
+    assert str(error.value).startswith(
+        f"{latest} does not fit the float stage's training state: 6 have another shape "
+        "(ema:dense/kernel (4,2; checkpoint: 4,1), ema:dense/bias (2; checkpoint: 1), "
+        "model:dense/kernel (4,2; checkpoint: 4,1), ...)"
     )
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from tfqat.tf_compat import keras, tf
-from tfqat.train.checkpoints import stage_dir
+from tfqat.train.checkpoints import restore_checked, stage_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -152,7 +152,8 @@ def fit(
     of the last-epoch validation (None if the stage had finished before). Checkpoints go to
     `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
     writes the data files first and then atomically replaces the `checkpoint` index, so an
-    interrupted save leaves the previous checkpoint in force.
+    interrupted save leaves the previous checkpoint in force. A resume fails unless the
+    checkpoint holds every variable of the model, its EMA and the optimizer.
     """
     optimizer = make_optimizer(config)
     ema = ModelEMA(model, config.ema_decay, config.ema_tau)
@@ -169,8 +170,12 @@ def fit(
     manager = tf.train.CheckpointManager(
         checkpoint, stage_dir(model_dir, config.name), max_to_keep=2
     )
+    # Built before any restore, so that its slots are checked against the checkpoint as well.
+    optimizer.build(model.trainable_variables)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        restore_checked(
+            checkpoint, manager.latest_checkpoint, f"the {config.name} stage's training state"
+        )
         if verbose:
             print(f"[{config.name}] resumed from {manager.latest_checkpoint} at epoch {int(epoch)}")
     start_epoch = int(epoch)
@@ -179,7 +184,6 @@ def fit(
 
     train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "validation"))
-    optimizer.build(model.trainable_variables)
     step_fn = make_train_step(task, model, optimizer, ema)
     dataset = train_ds(start_epoch)
     if start_epoch == 0:
