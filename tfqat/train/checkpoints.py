@@ -1,4 +1,4 @@
-"""Where a run keeps its weights (`<model_dir>/checkpoints/<stage>/`), and restoring them.
+"""Where a run keeps its weights (`<model_dir>/checkpoints/<stage>/`), saving and restoring them.
 
 Each stage's checkpoint holds the EMA model as `ema` (what is evaluated and exported) beside
 the training state `fit` resumes from.
@@ -12,6 +12,7 @@ keep their initial values and are named to the caller.
 
 import collections
 import os
+import shutil
 
 from tfqat.tf_compat import tf
 
@@ -28,6 +29,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint does not hold every variable of what is restored from it."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full disk); the previous one is still the latest."""
+
+
 def stage_dir(model_dir: str, stage: str) -> str:
     return os.path.join(model_dir, "checkpoints", stage)
 
@@ -42,6 +47,32 @@ def latest_float_stage(model_dir: str) -> str:
         if latest_checkpoint(model_dir, stage):
             return stage
     raise FileNotFoundError(f"{model_dir}: no checkpoint of any stage yet")
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, number: int, what: str) -> str:
+    """`manager.save(number)`, or CheckpointSaveError naming the checkpoint still in force.
+
+    TensorFlow writes the data into `ckpt-N_temp/`, merges it into `ckpt-N.index` / `.data`, and
+    only then rewrites the `checkpoint` state file (temporary file + rename) and deletes the
+    checkpoints beyond `max_to_keep`. A failed write (TensorFlow raises ResourceExhaustedError
+    for a full disk and removes its temporary folder) therefore leaves the previous checkpoint
+    the latest, untouched.
+    """
+    try:
+        return manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.OpError) as e:
+        target = f"{manager.directory}/ckpt-{number}"
+        # What is left of the failed write frees its space (a rerun would overwrite it anyway).
+        shutil.rmtree(f"{target}_temp", ignore_errors=True)
+        kept = manager.latest_checkpoint or "none (a rerun starts the stage over)"
+        # TensorFlow's message ends with the reason, after its op and temporary file names.
+        reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[-1].split("; ")[-1]
+        error = CheckpointSaveError(
+            f"{what}: could not write {target} ({reason}); the latest checkpoint is still "
+            f"{kept}, and a rerun resumes from it"
+        )
+        error.errno = getattr(e, "errno", None)
+        raise error from e
 
 
 def variable_keys(root) -> dict:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from tfqat.tf_compat import keras, tf
-from tfqat.train.checkpoints import restore_checked, stage_dir
+from tfqat.train.checkpoints import restore_checked, save_checkpoint, stage_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,10 +150,9 @@ def fit(
     after every epoch.
     Returns the EMA model (what gets evaluated and exported), steps, seconds and the COCO results
     of the last-epoch validation (None if the stage had finished before). Checkpoints go to
-    `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
-    writes the data files first and then atomically replaces the `checkpoint` index, so an
-    interrupted save leaves the previous checkpoint in force. A resume fails unless the
-    checkpoint holds every variable of the model, its EMA and the optimizer.
+    `model_dir/checkpoints/<stage>/` at the end of every epoch; an interrupted or failed save
+    leaves the previous checkpoint in force (`checkpoints.save_checkpoint`), and a resume fails
+    unless the checkpoint holds every variable of the model, its EMA and the optimizer.
     """
     optimizer = make_optimizer(config)
     ema = ModelEMA(model, config.ema_decay, config.ema_tau)
@@ -206,7 +205,7 @@ def fit(
                     f"[{config.name}] epoch {e + 1}/{config.epochs} val "
                     + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 )
-        manager.save(checkpoint_number=e + 1)
+        save_checkpoint(manager, e + 1, f"[{config.name}] epoch {e + 1}")
     return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
 
 
