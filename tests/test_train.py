@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_recipe
+from conftest import REPO, assert_one_tensorboard_run_per_stage, run_recipe
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
@@ -205,9 +205,8 @@ def test_smoke_recipe_writes_the_run_directory(smoke_yolo_run):
         + [f"predictions/{name}.json" for name in ARTIFACTS]
     ):
         assert (model_dir / path).exists(), path
-    assert any(f.startswith("events") for f in os.listdir(model_dir / "train"))
-    assert any(f.startswith("events") for f in os.listdir(model_dir / "validation"))
     report = json.loads((model_dir / "report.json").read_text())
+    assert_one_tensorboard_run_per_stage(model_dir, report["stages"])
     assert report["task"] == "detection" and report["input_size"] == [64, 64]
     assert os.path.isabs(report["val_annotations"])
     assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]

@@ -181,8 +181,7 @@ def fit(
     if start_epoch >= config.epochs:
         return StageResult(ema.model, int(optimizer.iterations), float(seconds))
 
-    train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "validation"))
+    train_writer, val_writer = summary_writers(model_dir, config.name)
     step_fn = make_train_step(task, model, optimizer, ema)
     dataset = train_ds(start_epoch)
     if start_epoch == 0:
@@ -207,6 +206,20 @@ def fit(
                 )
         save_checkpoint(manager, e + 1, f"[{config.name}] epoch {e + 1}")
     return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
+
+
+def summary_writers(model_dir: str, stage: str):
+    """TensorBoard writers of `stage`: `train/<stage>` and `validation/<stage>`.
+
+    Each stage is its own TensorBoard run because each stage's step counts from 0 (its own
+    optimizer, schedule and `report.json` steps). Steps continued across stages would not work
+    either: float_reference runs the same steps as qat (or pqat) from the same start, and as two
+    runs on one step axis the two curves are exactly the comparison it is there for.
+    """
+    return [
+        tf.summary.create_file_writer(os.path.join(model_dir, kind, stage))
+        for kind in ("train", "validation")
+    ]
 
 
 def make_train_step(task, model, optimizer, ema):
