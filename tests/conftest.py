@@ -39,6 +39,37 @@ def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
     return json.loads((model_dir / "report.json").read_text())
 
 
+def tensorboard_runs(model_dir) -> dict:
+    """{run folder ("train/float", ...): {tag: [steps]}} of every event file under model_dir."""
+    from tfqat.tf_compat import tf
+
+    runs = {}
+    for folder, _, files in os.walk(model_dir):
+        for name in files:
+            if name.startswith("events"):
+                tags = runs.setdefault(os.path.relpath(folder, model_dir), {})
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+                    for value in event.summary.value:
+                        tags.setdefault(value.tag, []).append(event.step)
+    return runs
+
+
+def assert_one_tensorboard_run_per_stage(model_dir, stages):
+    """train/<stage> and validation/<stage> for each report.json stage, nothing else; each
+    stage's loss curve ends at its own step count, its validation at the same step."""
+    runs = tensorboard_runs(model_dir)
+    names = [stage["name"] for stage in stages]
+    assert sorted(runs) == sorted(
+        f"{kind}/{name}" for kind in ("train", "validation") for name in names
+    )
+    for stage in stages:
+        assert max(runs[f"train/{stage['name']}"]["loss/total"]) == stage["steps"]
+        metrics = [t for t in runs[f"validation/{stage['name']}"] if t.startswith("metrics/")]
+        assert metrics and all(
+            max(runs[f"validation/{stage['name']}"][t]) == stage["steps"] for t in metrics
+        )
+
+
 @pytest.fixture(scope="session")
 def smoke_yolo_run(tmp_path_factory):
     """The detector smoke recipe (float, QAT, every export), run once per session."""

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import assert_one_tensorboard_run_per_stage
 
 ARTIFACTS = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8"]
 
@@ -19,9 +20,8 @@ def test_smoke_pose_recipe_writes_the_run_directory(smoke_pose_run):
         "export/model_float32.tflite",
     ] + [f"predictions/{name}.json" for name in ARTIFACTS]:
         assert (smoke_pose_run / path).exists(), path
-    assert any(f.startswith("events") for f in os.listdir(smoke_pose_run / "train"))
-    assert any(f.startswith("events") for f in os.listdir(smoke_pose_run / "validation"))
     report = json.loads((smoke_pose_run / "report.json").read_text())
+    assert_one_tensorboard_run_per_stage(smoke_pose_run, report["stages"])
     assert report["task"] == "pose" and report["input_size"] == [64, 32]
     assert report["val_annotations"].endswith("person_keypoints_val.json")
     assert os.path.isabs(report["val_annotations"])

@@ -10,6 +10,12 @@ from tfqat.recipe import build
 from tfqat.recipe.flags import PATH_FLAGS, define_flags, recipe_flag_names
 
 FLAGS_FILE = "flags.txt"
+# Recipe flags a rerun may change, as none changes the trained model: --name and --model_dir only
+# locate the run directory (found already), --eval_every says when the EMA model is validated
+# (validation draws no random numbers), --min_output_levels is a threshold of the export check.
+RERUN_FREE_FLAGS = ("name", "model_dir", "eval_every", "min_output_levels")
+# Flags that name a file or folder: the same one, spelled differently, is no difference.
+FILE_FLAGS = (*PATH_FLAGS, "init_checkpoint")
 
 
 @dataclasses.dataclass
@@ -25,9 +31,12 @@ class Run:
 
 
 def write_flags(fv, model_dir: str):
-    """flags.txt: every recipe flag that has a value, as a flagfile that reruns the job."""
+    """flags.txt: every recipe flag that has a value, as a flagfile that reruns the job (file
+    flags made absolute, so it reruns from any folder)."""
     lines = [
-        fv[name].serialize()
+        f"--{name}={os.path.abspath(fv[name].value)}"
+        if name in FILE_FLAGS
+        else fv[name].serialize()
         for name in recipe_flag_names()
         if name != "model_dir" and fv[name].value is not None
     ]
@@ -41,6 +50,54 @@ def read_flags(model_dir: str) -> flags.FlagValues:
     define_flags(options)
     options(["tfqat", f"--flagfile={os.path.join(model_dir, FLAGS_FILE)}"])
     return options
+
+
+def check_rerun(fv, model_dir: str, overwrite: bool = False):
+    """Stops (ValueError) a rerun of `model_dir` whose flags would change the trained model.
+
+    Compares `fv` with the run's flags.txt, if it has one, before anything is read or written.
+    With `overwrite` (--overwrite_flags) the differences are printed and accepted.
+    """
+    if not os.path.exists(os.path.join(model_dir, FLAGS_FILE)):
+        return
+    try:
+        previous = read_flags(model_dir)
+    except flags.Error as e:
+        raise ValueError(f"{os.path.join(model_dir, FLAGS_FILE)}: cannot be read ({e})") from e
+    differences = flag_differences(previous, fv)
+    if not differences:
+        return
+    listed = "; ".join(differences)
+    if overwrite:
+        print(f"{model_dir}: continuing under changed flags (--overwrite_flags): {listed}")
+        return
+    raise ValueError(
+        f"{model_dir} was trained with other flags ({FLAGS_FILE}): {listed}. Rerun with "
+        f"--flagfile={os.path.join(model_dir, FLAGS_FILE)}, give another --model_dir, or add "
+        "--overwrite_flags to continue under the new ones"
+    )
+
+
+def flag_differences(previous, current) -> list[str]:
+    """Each recipe flag whose change would change the trained model, as "--flag: old -> new"."""
+    differences = []
+    for name in recipe_flag_names():
+        if name in RERUN_FREE_FLAGS:
+            continue
+        old, new = previous[name].value, current[name].value
+        if name in FILE_FLAGS and old is not None and new is not None:
+            same = os.path.realpath(old) == os.path.realpath(new)
+        else:
+            same = old == new
+        if not same:
+            differences.append(f"--{name}: {_shown(old)} -> {_shown(new)}")
+    return differences
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "(unset)"
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def find_run_dir(path: str) -> str:

@@ -2,7 +2,8 @@
 
     python -m tfqat.train --flagfile=configs/yolo_synthetic.flags [--model_dir=DIR] [--flag=value]
 
-Rerunning with the same --model_dir resumes every stage from its latest checkpoint.
+Rerunning with the same --model_dir resumes every stage from its latest checkpoint; flags that
+differ from its flags.txt stop the rerun unless --overwrite_flags accepts them.
 """
 
 import os
@@ -18,6 +19,12 @@ from tfqat.recipe.checks import check_recipe
 
 FLAGS = flags.FLAGS
 recipe_flags.define_flags(FLAGS)
+# Not a recipe flag (flags.txt never records it): it accepts one rerun's changes.
+flags.DEFINE_bool(
+    "overwrite_flags",
+    False,
+    "Rerun an existing --model_dir under flags that differ from its flags.txt.",
+)
 
 
 def main(argv):
@@ -28,6 +35,7 @@ def main(argv):
     # Both annotation files, then every image: nothing is written before the datasets are valid.
     datasets = build.load_datasets(FLAGS, paths)
     model_dir = os.path.abspath(FLAGS.model_dir or os.path.join("runs", FLAGS.name))
+    run_dir.check_rerun(FLAGS, model_dir, FLAGS.overwrite_flags)
     os.makedirs(model_dir, exist_ok=True)
     run_dir.write_flags(FLAGS, model_dir)
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from tfqat.tf_compat import keras, tf
-from tfqat.train.checkpoints import stage_dir
+from tfqat.train.checkpoints import restore_checked, save_checkpoint, stage_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,9 +150,9 @@ def fit(
     after every epoch.
     Returns the EMA model (what gets evaluated and exported), steps, seconds and the COCO results
     of the last-epoch validation (None if the stage had finished before). Checkpoints go to
-    `model_dir/checkpoints/<stage>/` at the end of every epoch. TensorFlow's CheckpointManager
-    writes the data files first and then atomically replaces the `checkpoint` index, so an
-    interrupted save leaves the previous checkpoint in force.
+    `model_dir/checkpoints/<stage>/` at the end of every epoch; an interrupted or failed save
+    leaves the previous checkpoint in force (`checkpoints.save_checkpoint`), and a resume fails
+    unless the checkpoint holds every variable of the model, its EMA and the optimizer.
     """
     optimizer = make_optimizer(config)
     ema = ModelEMA(model, config.ema_decay, config.ema_tau)
@@ -169,17 +169,19 @@ def fit(
     manager = tf.train.CheckpointManager(
         checkpoint, stage_dir(model_dir, config.name), max_to_keep=2
     )
+    # Built before any restore, so that its slots are checked against the checkpoint as well.
+    optimizer.build(model.trainable_variables)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        restore_checked(
+            checkpoint, manager.latest_checkpoint, f"the {config.name} stage's training state"
+        )
         if verbose:
             print(f"[{config.name}] resumed from {manager.latest_checkpoint} at epoch {int(epoch)}")
     start_epoch = int(epoch)
     if start_epoch >= config.epochs:
         return StageResult(ema.model, int(optimizer.iterations), float(seconds))
 
-    train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "validation"))
-    optimizer.build(model.trainable_variables)
+    train_writer, val_writer = summary_writers(model_dir, config.name)
     step_fn = make_train_step(task, model, optimizer, ema)
     dataset = train_ds(start_epoch)
     if start_epoch == 0:
@@ -202,8 +204,22 @@ def fit(
                     f"[{config.name}] epoch {e + 1}/{config.epochs} val "
                     + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 )
-        manager.save(checkpoint_number=e + 1)
+        save_checkpoint(manager, e + 1, f"[{config.name}] epoch {e + 1}")
     return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
+
+
+def summary_writers(model_dir: str, stage: str):
+    """TensorBoard writers of `stage`: `train/<stage>` and `validation/<stage>`.
+
+    Each stage is its own TensorBoard run because each stage's step counts from 0 (its own
+    optimizer, schedule and `report.json` steps). Steps continued across stages would not work
+    either: float_reference runs the same steps as qat (or pqat) from the same start, and as two
+    runs on one step axis the two curves are exactly the comparison it is there for.
+    """
+    return [
+        tf.summary.create_file_writer(os.path.join(model_dir, kind, stage))
+        for kind in ("train", "validation")
+    ]
 
 
 def make_train_step(task, model, optimizer, ema):

@@ -31,7 +31,13 @@ def run_stages(
     by_name = {stage.name: stage for stage in stages}
     model = task.build_model()
     if init_checkpoint:
-        load_float_weights(model, init_checkpoint)
+        skipped = load_float_weights(model, init_checkpoint)
+        print(f"[float] initialized from --init_checkpoint={init_checkpoint}")
+        if skipped:
+            print(
+                f"[float] --init_checkpoint has another head: {len(skipped)} output variables "
+                f"keep their initial values: {', '.join(skipped)}"
+            )
     records = []
 
     def train(stage_name, stage_model, epoch_summaries=None) -> StageResult:
