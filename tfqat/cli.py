@@ -21,12 +21,17 @@ USAGE = 2
 BAD_INPUT = 1
 TRACEBACK_ENV = "TFQAT_TRACEBACK"
 
-# A user's mistake, not a bug in tfqat: the message says what and where.
-INPUT_ERRORS = (ValueError, OSError)
-
-
 class InputError(ValueError):
     """A file, dataset or checkpoint a user gave is not what the command needs."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped on purpose (a NaN loss), with what was kept; not a bug."""
+
+
+# A user's mistake or a run stopped on purpose, not a bug in tfqat: the message says what and
+# where.
+INPUT_ERRORS = (ValueError, OSError, RunStopped)
 
 
 def run(main, argv=None):

@@ -31,11 +31,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     check_recipe(FLAGS)
+    model_dir = os.path.abspath(FLAGS.model_dir or os.path.join("runs", FLAGS.name))
+    run_dir.check_rerun(FLAGS, model_dir, FLAGS.overwrite_flags)
     paths = build.dataset_paths(FLAGS)
     # Both annotation files, then every image: nothing is written before the datasets are valid.
     datasets = build.load_datasets(FLAGS, paths)
-    model_dir = os.path.abspath(FLAGS.model_dir or os.path.join("runs", FLAGS.name))
-    run_dir.check_rerun(FLAGS, model_dir, FLAGS.overwrite_flags)
     os.makedirs(model_dir, exist_ok=True)
     run_dir.write_flags(FLAGS, model_dir)
 

@@ -11,11 +11,12 @@ import time
 
 import numpy as np
 
+from tfqat.cli import RunStopped
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import restore_checked, save_checkpoint, stage_dir
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
 
 
