@@ -21,6 +21,7 @@ USAGE = 2
 BAD_INPUT = 1
 TRACEBACK_ENV = "TFQAT_TRACEBACK"
 
+
 class InputError(ValueError):
     """A file, dataset or checkpoint a user gave is not what the command needs."""
 
