@@ -11,6 +11,7 @@ import numpy as np
 
 from tfqat.data.letterbox import letterboxed_batches
 from tfqat.evaluate import report as report_lib
+from tfqat.evaluate.android import android_latency, android_results
 from tfqat.evaluate.parity import backend_parity, layer_report_text
 from tfqat.export.artifacts import (
     ANDROID_ARTIFACT,
@@ -100,32 +101,10 @@ def evaluate_exported(task, path, report_dir, predictions_dir=None, kind=None):
     (artifact name, format, precision), by default from the file's place in export/.
     """
     name, fmt, precision = kind or artifact_kind(path)
-    if name == ANDROID_ARTIFACT:
-        return android_row(task, path, report_dir, predictions_dir)
-    return evaluated_row(
-        task,
-        open_backend(path),
-        name,
-        path,
-        fmt,
-        precision,
-        _file_bytes(path),
-        file_kernel_sparsity(path),
-        report_dir,
-        predictions_dir=predictions_dir,
-    )
-
-
-def android_row(task, path, report_dir, predictions_dir=None) -> dict:
-    """The tflite_int8_android row (its decode and NMS run in the graph) plus its latency next
-    to tflite_int8 + the numpy post-processor."""
-    from tfqat.evaluate import android
-
-    results = android.android_results(AndroidDetector(path), task.val_set)
-    name, fmt, precision = artifact_kind(path)
+    android = name == ANDROID_ARTIFACT
     row = evaluated_row(
         task,
-        None,
+        None if android else open_backend(path),
         name,
         path,
         fmt,
@@ -133,13 +112,20 @@ def android_row(task, path, report_dir, predictions_dir=None) -> dict:
         _file_bytes(path),
         file_kernel_sparsity(path),
         report_dir,
-        results,
+        android_results(AndroidDetector(path), task.val_set) if android else None,
         predictions_dir,
     )
+    if android:
+        row["latency"] = android_latency_beside_int8(task, path)
+    return row
+
+
+def android_latency_beside_int8(task, path) -> dict:
+    """The Android file's latency (decode and NMS in the graph) next to model_int8.tflite + the
+    numpy post-processor, on the first val image."""
     first = next(letterboxed_batches(task.val_set, task.config.input_size, 1, limit=1))[1]
     int8_path = os.path.join(os.path.dirname(path), "model_int8.tflite")
-    row["latency"] = android.android_latency(path, int8_path, first[0])
-    return row
+    return android_latency(path, int8_path, first[0])
 
 
 def exported_kind(path, metadata: dict) -> tuple[str, str, str]:
