@@ -35,7 +35,14 @@ def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
         f"--model_dir={model_dir}",
         *flags,
     ]
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    # A crash's faulthandler dump ends with a long list of extension modules: left out.
+    stderr = "".join(
+        line for line in result.stderr.splitlines(True) if not line.startswith("Extension modules")
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(command)}: exit {result.returncode}\n{stderr[-4000:]}"
+    )
     return json.loads((model_dir / "report.json").read_text())
 
 
@@ -75,6 +82,18 @@ def smoke_yolo_run(tmp_path_factory):
     """The detector smoke recipe (float, QAT, every export), run once per session."""
     root = tmp_path_factory.mktemp("smoke_yolo")
     run_recipe("smoke_yolo.flags", root / "run", root / "cache")
+    return root / "run"
+
+
+# The smoke recipe's prune + PQAT sequence (slow tests only).
+PQAT_FLAGS = ("--stages=float,prune,pqat", "--prune_epochs=2")
+
+
+@pytest.fixture(scope="session")
+def smoke_pqat_run(tmp_path_factory):
+    """The detector smoke recipe with float, prune and PQAT, run once per session."""
+    root = tmp_path_factory.mktemp("smoke_pqat")
+    run_recipe("smoke_yolo.flags", root / "run", root / "cache", *PQAT_FLAGS)
     return root / "run"
 
 

@@ -145,3 +145,9 @@ def test_init_checkpoint_from_save_weights_loads_everything(tmp_path):
 def test_init_checkpoint_that_is_not_a_checkpoint_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a TF checkpoint"):
         checkpoints.load_float_weights(small_detector(), str(tmp_path / "nothing"))
+
+
+def test_init_checkpoint_h5_must_fit_exactly(tmp_path):
+    small_detector(num_classes=3).save_weights(str(tmp_path / "weights.h5"))
+    with pytest.raises(CheckpointMismatch, match=r"weights.h5 does not fit .*cls_p3/kernel"):
+        checkpoints.load_float_weights(small_detector(num_classes=5), str(tmp_path / "weights.h5"))

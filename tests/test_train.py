@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_tensorboard_run_per_stage, run_recipe
+from conftest import REPO, assert_one_tensorboard_run_per_stage
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
@@ -88,6 +88,21 @@ def test_resume_from_another_model_stops_naming_the_variables(tmp_path):
         "(ema:dense/kernel (4,2; checkpoint: 4,1), ema:dense/bias (2; checkpoint: 1), "
         "model:dense/kernel (4,2; checkpoint: 4,1), ...)"
     )
+
+
+def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
+    task = ToyTask()
+    training.fit(task, task.build_model(), task.train_dataset, _config(1), str(tmp_path), verbose=0)
+    # What `kill -9` during the save of ckpt-2 leaves (seen on the smoke recipe).
+    leftover = tmp_path / "checkpoints" / "float" / "ckpt-2_temp"
+    leftover.mkdir()
+    (leftover / "part-00000-of-00001.data-00000-of-00001.tempstate1234").write_bytes(b"\0" * 999)
+    resumed = training.fit(
+        task, task.build_model(), task.train_dataset, _config(2), str(tmp_path), verbose=0
+    )
+    assert resumed.steps == 8
+    assert not leftover.exists()
+    assert "[float] removed ckpt-2_temp, what an interrupted save left" in capsys.readouterr().out
 
 
 def test_finished_stage_is_not_trained_again(tmp_path):
@@ -259,14 +274,8 @@ def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_yolo_run):
 
 
 @pytest.mark.slow
-def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(tmp_path):
-    report = run_recipe(
-        "smoke_yolo.flags",
-        tmp_path / "run",
-        tmp_path / "cache",
-        "--stages=float,prune,pqat",
-        "--prune_epochs=2",
-    )
+def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(smoke_pqat_run):
+    report = json.loads((smoke_pqat_run / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [
         "float",
         "prune",

@@ -12,6 +12,7 @@ keep their initial values and are named to the caller.
 
 import collections
 import os
+import re
 import shutil
 
 from tfqat.tf_compat import tf
@@ -49,14 +50,25 @@ def latest_float_stage(model_dir: str) -> str:
     raise FileNotFoundError(f"{model_dir}: no checkpoint of any stage yet")
 
 
+def remove_interrupted_saves(directory: str) -> list[str]:
+    """Removes the `ckpt-N_temp/` folders a killed save leaves (a partial data file, as large
+    as a checkpoint): never read, and TensorFlow's next save of N writes a file of another
+    name. Returns their names. Only one process trains a run directory at a time."""
+    if not os.path.isdir(directory):
+        return []
+    leftovers = sorted(n for n in os.listdir(directory) if re.fullmatch(r"ckpt-\d+_temp", n))
+    for name in leftovers:
+        shutil.rmtree(os.path.join(directory, name))
+    return leftovers
+
+
 def save_checkpoint(manager: tf.train.CheckpointManager, number: int, what: str) -> str:
     """`manager.save(number)`, or CheckpointSaveError naming the checkpoint still in force.
 
     TensorFlow writes the data into `ckpt-N_temp/`, merges it into `ckpt-N.index` / `.data`, and
     only then rewrites the `checkpoint` state file (temporary file + rename) and deletes the
     checkpoints beyond `max_to_keep`. A failed write (TensorFlow raises ResourceExhaustedError
-    for a full disk and removes its temporary folder) therefore leaves the previous checkpoint
-    the latest, untouched.
+    for a full disk) therefore leaves the previous checkpoint the latest, untouched.
     """
     try:
         return manager.save(checkpoint_number=number)
@@ -64,13 +76,14 @@ def save_checkpoint(manager: tf.train.CheckpointManager, number: int, what: str)
         target = f"{manager.directory}/ckpt-{number}"
         # What is left of the failed write frees its space (a rerun would overwrite it anyway).
         shutil.rmtree(f"{target}_temp", ignore_errors=True)
-        kept = manager.latest_checkpoint or "none (a rerun starts the stage over)"
+        if manager.latest_checkpoint:
+            kept = f"the latest checkpoint is still {manager.latest_checkpoint}, and a rerun "
+            kept += "resumes from it"
+        else:
+            kept = "the stage has no checkpoint yet, and a rerun starts it over"
         # TensorFlow's message ends with the reason, after its op and temporary file names.
         reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[-1].split("; ")[-1]
-        error = CheckpointSaveError(
-            f"{what}: could not write {target} ({reason}); the latest checkpoint is still "
-            f"{kept}, and a rerun resumes from it"
-        )
+        error = CheckpointSaveError(f"{what}: could not write {target} ({reason}); {kept}")
         error.errno = getattr(e, "errno", None)
         raise error from e
 
@@ -217,7 +230,10 @@ def load_float_weights(model, checkpoint: str) -> list[str]:
     """
     what = "this model (--init_checkpoint)"
     if checkpoint.endswith(".h5"):
-        model.load_weights(checkpoint)
+        try:
+            model.load_weights(checkpoint)
+        except ValueError as e:
+            raise CheckpointMismatch(f"{checkpoint} does not fit {what}: {e}") from e
         return []
     if os.path.isdir(checkpoint):
         path = latest_checkpoint(checkpoint, "float")

@@ -13,7 +13,12 @@ import numpy as np
 
 from tfqat.cli import RunStopped
 from tfqat.tf_compat import keras, tf
-from tfqat.train.checkpoints import restore_checked, save_checkpoint, stage_dir
+from tfqat.train.checkpoints import (
+    remove_interrupted_saves,
+    restore_checked,
+    save_checkpoint,
+    stage_dir,
+)
 
 
 class TrainingDiverged(RunStopped):
@@ -170,6 +175,8 @@ def fit(
     manager = tf.train.CheckpointManager(
         checkpoint, stage_dir(model_dir, config.name), max_to_keep=2
     )
+    for name in remove_interrupted_saves(manager.directory):
+        print(f"[{config.name}] removed {name}, what an interrupted save left")
     # Built before any restore, so that its slots are checked against the checkpoint as well.
     optimizer.build(model.trainable_variables)
     if manager.latest_checkpoint:
