@@ -8,7 +8,7 @@ Builds (once) a venv with PyPI's mediapipe==1.2.2 under $TFQAT_CACHE_DIR/venvs/ 
 in it (tools/mediapipe_detect.py), scores the detections with pycocotools and compares their
 mAP50-95 with the run's tflite_int8 (model_int8.tflite + tfqat's numpy post-processor; from
 report.json on the run's own val set, else run here with LiteRT), and with the Android file
-run by LiteRT on our letterbox (`tfqat.export.android_eval`).
+run by LiteRT on our letterbox (`tfqat.evaluate.android`).
 
 MediaPipe stretches the image to the model input (no letterbox: the same on square images) and
 returns integer pixel boxes, truncated. The truncation alone costs about 2 % mAP50-95 on the
