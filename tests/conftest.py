@@ -55,7 +55,8 @@ def tensorboard_runs(model_dir) -> dict:
         for name in files:
             if name.startswith("events"):
                 tags = runs.setdefault(os.path.relpath(folder, model_dir), {})
-                for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+                for record in tf.data.TFRecordDataset(os.path.join(folder, name)):
+                    event = tf.compat.v1.Event.FromString(record.numpy())
                     for value in event.summary.value:
                         tags.setdefault(value.tag, []).append(event.step)
     return runs

@@ -160,14 +160,18 @@ def _restore_with_status(checkpoint: tf.train.Checkpoint, path: str, what: str):
 def _mismatch_message(path, what, keys, shapes, missing, unfit, entries) -> str:
     parts = []
     if missing:
-        named = ", ".join(_describe(k, keys[k], entries) for k in missing[:NAMED_IN_ERRORS])
-        parts.append(f"{len(missing)} of its {len(keys)} variables are not in it ({named}, ...)")
+        named = _first_few([_describe(k, keys[k], entries) for k in missing])
+        parts.append(f"{len(missing)} of its {len(keys)} variables are not in it ({named})")
     if unfit:
-        named = ", ".join(
-            _describe(k, keys[k], entries, shapes[k]) for k in unfit[:NAMED_IN_ERRORS]
-        )
-        parts.append(f"{len(unfit)} have another shape ({named}, ...)")
+        named = _first_few([_describe(k, keys[k], entries, shapes[k]) for k in unfit])
+        verb = "has" if len(unfit) == 1 else "have"
+        parts.append(f"{len(unfit)} {verb} another shape ({named})")
     return f"{path} does not fit {what}: " + "; ".join(parts)
+
+
+def _first_few(names: list[str]) -> str:
+    more = ", ..." if len(names) > NAMED_IN_ERRORS else ""
+    return ", ".join(names[:NAMED_IN_ERRORS]) + more
 
 
 def _describe(key: str, variable, entries: bool, checkpoint_shape=None) -> str:
