@@ -112,17 +112,13 @@ def find_run_dir(path: str) -> str:
         current = parent
 
 
-def load_run(model_dir, val_annotations=None, val_images=None) -> Run:
-    """Rebuilds a run's task from its flags.txt, optionally on another val set."""
+def load_run(model_dir) -> Run:
+    """Rebuilds a run's task from its flags.txt, on the run's own datasets."""
     from tfqat.evaluate.report import load_report
 
     options = read_flags(model_dir)
     report = load_report(model_dir)
     paths = {k: report[k] for k in PATH_FLAGS} if report else build.dataset_paths(options)
-    if val_annotations:
-        paths.update(
-            val_annotations=os.path.abspath(val_annotations), val_images=os.path.abspath(val_images)
-        )
     datasets = build.load_datasets(options, paths)
     return Run(
         model_dir=model_dir,

@@ -95,8 +95,8 @@ def _postprocess_function(attributes: dict):
 
     @tf.function(experimental_implements=_implements_signature(attributes))
     def postprocess(box_encodings, class_predictions, anchors):
-        # A placeholder the converter replaces by the op. Its outputs depend on the inputs, so
-        # that nothing downstream of them is folded to a constant before the replacement.
+        # The body the converter swaps for TFLite_Detection_PostProcess (experimental_implements).
+        # Its outputs depend on the inputs, so nothing downstream is constant-folded first.
         depends = (
             tf.reduce_sum(box_encodings) + tf.reduce_sum(class_predictions) + tf.reduce_sum(anchors)
         ) * 0.0
