@@ -67,6 +67,35 @@ def _ratio(ratios, key) -> str:
     return "" if not ratios or ratios.get(key) is None else f"{ratios[key]:.2f}x"
 
 
+def headline(result: dict) -> list[str]:
+    """The ratios a README quotes: tflite_int8 over tflite_float32 at each thread count,
+    openvino_int8 over NNCF INT8, and the instruction counts' ratio."""
+    lines = []
+    for row in result["backends"]:
+        if row["artifact"] == "tflite_int8" and row["runtime"].startswith("LiteRT"):
+            r = row["ratios"]["to_tflite_float32"] or {}
+            lines.append(
+                f"- tflite_int8 / tflite_float32, LiteRT {row['threads']} thread(s): model "
+                f"{_ratio(r, 'model_ms')}, end to end {_ratio(r, 'end_to_end_ms')}, CPU time "
+                f"{_ratio(r, 'cpu_ms')}, {result['metric']} {_ratio(r, 'metric')}, size "
+                f"{_ratio(r, 'size')}"
+            )
+        if row["artifact"] == "openvino_int8":
+            r = row["ratios"]["to_nncf"] or {}
+            lines.append(
+                f"- openvino_int8 / NNCF INT8 (OpenVINO): model {_ratio(r, 'model_ms')}, end to "
+                f"end {_ratio(r, 'end_to_end_ms')}, CPU time {_ratio(r, 'cpu_ms')}, "
+                f"{result['metric']} {_ratio(r, 'metric')}"
+            )
+    counts = {n: f.get("instructions_per_inference") for n, f in result["files"].items()}
+    if counts.get("tflite_int8") and counts.get("tflite_float32"):
+        lines.append(
+            "- instructions per inference, tflite_int8 / tflite_float32 (callgrind, an AVX2 "
+            f"CPU without VNNI): {counts['tflite_int8'] / counts['tflite_float32']:.2f}x"
+        )
+    return ["## Headline ratios", "", *lines, ""] if lines else []
+
+
 def markdown(result: dict) -> str:
     """The tables of benchmark.md, with the machine and the method above them."""
     machine, method, metric = result["machine"], result["method"], result["metric"]
@@ -80,6 +109,7 @@ def markdown(result: dict) -> str:
         f"Method: {method['description']} OpenVINO's default precision for the float IR here: "
         f"{result['default_float_precision']}.",
         "",
+        *headline(result),
         "## Files",
         "",
         f"| artifact | file | raw bytes | gzip -9 | xz -9 | zstd -19 | kernel zeros | {metric} "
@@ -101,13 +131,13 @@ def markdown(result: dict) -> str:
         "Milliseconds; model: the file alone on a letterboxed, quantized image; end to end: a "
         f"decoded image through letterbox, quantization, the model, decode and NMS at score "
         f"{method['score_threshold']}. CPU: process CPU-milliseconds per end-to-end image, every "
-        "thread (an energy proxy). Ratios: end-to-end latency (CPU time) over tflite_float32 on "
-        "LiteRT at the same threads, and over NNCF INT8.",
+        "thread (an energy proxy). Ratios: model latency, end-to-end latency and CPU time over "
+        "tflite_float32 on LiteRT at the same threads; end-to-end latency over NNCF INT8.",
         "",
         f"| artifact | runtime | threads | model median | model p90 | end-to-end median | "
-        f"end-to-end p90 | CPU ms | {metric} | vs float32 | CPU vs float32 | vs NNCF | "
-        "images/s (THROUGHPUT) |",
-        "| --- | --- |" + " ---: |" * 11,
+        f"end-to-end p90 | CPU ms | {metric} | model vs float32 | vs float32 | CPU vs float32 | "
+        "vs NNCF | images/s (THROUGHPUT) |",
+        "| --- | --- |" + " ---: |" * 12,
     ]
     for row in result["backends"]:
         model, e2e, ratios = row["model"], row["end_to_end"], row["ratios"]
@@ -115,6 +145,7 @@ def markdown(result: dict) -> str:
             f"| {row['artifact']} | {row['runtime']} | {row['threads']} | "
             f"{model['median_ms']:.2f} | {model['p90_ms']:.2f} | {e2e['median_ms']:.2f} | "
             f"{e2e['p90_ms']:.2f} | {e2e['cpu_ms']:.2f} | {_number(row['metric'], 4)} | "
+            f"{_ratio(ratios['to_tflite_float32'], 'model_ms')} | "
             f"{_ratio(ratios['to_tflite_float32'], 'end_to_end_ms')} | "
             f"{_ratio(ratios['to_tflite_float32'], 'cpu_ms')} | "
             f"{_ratio(ratios['to_nncf'], 'end_to_end_ms')} | "
