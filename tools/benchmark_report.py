@@ -128,11 +128,12 @@ def markdown(result: dict) -> str:
         "",
         "## Latency and CPU time per image",
         "",
-        "Milliseconds; model: the file alone on a letterboxed, quantized image; end to end: a "
-        f"decoded image through letterbox, quantization, the model, decode and NMS at score "
-        f"{method['score_threshold']}. CPU: process CPU-milliseconds per end-to-end image, every "
-        "thread (an energy proxy). Ratios: model latency, end-to-end latency and CPU time over "
-        "tflite_float32 on LiteRT at the same threads; end-to-end latency over NNCF INT8.",
+        "Milliseconds; model: the file alone on a letterboxed (pose: cropped), quantized image; "
+        "end to end: a decoded image through letterbox or person crop, quantization, the "
+        f"model, the numpy decode (detectors: and NMS at score {method['score_threshold']}). "
+        "CPU: process CPU-milliseconds per end-to-end image, every thread (an energy proxy). "
+        "Ratios: model latency, end-to-end latency and CPU time over tflite_float32 on LiteRT "
+        "at the same threads; end-to-end latency over NNCF INT8.",
         "",
         f"| artifact | runtime | threads | model median | model p90 | end-to-end median | "
         f"end-to-end p90 | CPU ms | {metric} | model vs float32 | vs float32 | CPU vs float32 | "
