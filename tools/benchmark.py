@@ -133,17 +133,85 @@ def backend_rows(backends, times, rates, metrics) -> list[dict]:
     return rows
 
 
-def measure(model_dir: str, threads: int) -> dict:
-    import benchmark_backends as bb
-    import benchmark_report
+def timed(backends, pixels, threads) -> tuple[dict, dict]:
+    """(interleaved model and end-to-end times of every backend, OpenVINO THROUGHPUT images/s)."""
+    from benchmark_backends import throughputs
+    from tqdm import tqdm
+
+    from tfqat.evaluate.timing import interleaved_times
+
+    calls = {}
+    for b in backends:
+        calls[f"{b.label} | model"], calls[f"{b.label} | end to end"] = b.model, b.end_to_end
+    with tqdm(total=FLAGS.rounds, desc=f"latency, {len(calls)} calls a round") as bar:
+        times = interleaved_times(calls, FLAGS.rounds, FLAGS.warmup, 0, SETTLE_SECONDS, bar.update)
+    openvino = sum(b.openvino_model is not None for b in backends)
+    with tqdm(total=3 * openvino, desc="OpenVINO throughput") as bar:
+        seconds = FLAGS.throughput_seconds
+        rates = throughputs(backends, pixels, threads, seconds, 3, 0, bar.update)
+    return times, rates
+
+
+def accuracies(model_dir, task, backends) -> dict:
+    """{artifact: report.json's metric} and {(artifact, runtime): metric} of the peers, which
+    are evaluated here on the val set."""
     from tqdm import tqdm
 
     from tfqat.evaluate.report import load_report
-    from tfqat.evaluate.timing import interleaved_times, machine
+
+    metric = task.primary_metric
+    report = load_report(model_dir) or {"artifacts": []}
+    metrics = {a["name"]: a["metrics"].get(metric) for a in report["artifacts"]}
+    for b in tqdm([b for b in backends if b.peer], desc="peers' accuracy"):
+        metrics[(b.artifact, b.runtime)] = round(task.metrics(task.predict(b.runner))[metric], 6)
+    return metrics
+
+
+def file_rows(model_dir, files, nncf, metrics, pixels) -> dict:
+    """Size, kernel zeros, accuracy and (callgrind) instructions of every file and of NNCF's IR."""
+    import benchmark_backends as bb
+
+    counts = instructions(files, pixels) if FLAGS.callgrind else {}
+    rows = {
+        name: file_row(model_dir, path, metrics.get(name), counts.get(name))
+        for name, path in files.items()
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        nncf_path = bb.saved_ir(nncf, folder)
+        rows[bb.NNCF] = file_row(folder, nncf_path, metrics[(bb.NNCF, bb.OPENVINO)])
+        rows[bb.NNCF]["path"] = "(nncf.quantize of openvino/model_float.xml, not saved)"
+    return rows
+
+
+def method(threads, calibration_images) -> dict:
+    from benchmark_backends import DEPLOYMENT_SCORE_THRESHOLD
+
+    return {
+        "description": (
+            f"{FLAGS.rounds} interleaved rounds (one call per backend, new random order each "
+            f"round) after {FLAGS.warmup} warm-up calls, batch 1, {threads} threads unless the "
+            "runtime says 1; OpenVINO PERFORMANCE_HINT=LATENCY, its throughput with THROUGHPUT "
+            f"({FLAGS.throughput_seconds} s x 3, median); NNCF calibrated on "
+            f"{calibration_images} train images; end to end on the first val image."
+        ),
+        "rounds": FLAGS.rounds,
+        "warmup": FLAGS.warmup,
+        "threads": threads,
+        "settle_seconds": SETTLE_SECONDS,
+        "score_threshold": DEPLOYMENT_SCORE_THRESHOLD,
+        "calibration_images": calibration_images,
+    }
+
+
+def measure(model_dir: str, threads: int) -> dict:
+    """benchmark.json's content for the run (without "training")."""
+    import benchmark_backends as bb
+    import benchmark_report
+
+    from tfqat.evaluate.timing import machine
     from tfqat.recipe.run_dir import load_run
 
     task = load_run(model_dir).task
-    metric = task.primary_metric
     export_dir = os.path.join(model_dir, "export")
     calibration = task.preprocessed_images(FLAGS.calibration_images)
     ensure_intel_files(export_dir, calibration, threads)
@@ -153,57 +221,22 @@ def measure(model_dir: str, threads: int) -> dict:
     nncf = bb.nncf_model(files["openvino_float"], calibration)
     backends = [b for n, p in files.items() for b in bb.file_backends(n, p, threads, image, boxes)]
     backends += bb.peer_backends(files["openvino_float"], nncf, threads, image, boxes)
-    calls = {}
-    for b in backends:
-        calls[f"{b.label} | model"], calls[f"{b.label} | end to end"] = b.model, b.end_to_end
-    with tqdm(total=FLAGS.rounds, desc=f"latency, {len(calls)} calls a round") as bar:
-        times = interleaved_times(calls, FLAGS.rounds, FLAGS.warmup, 0, SETTLE_SECONDS, bar.update)
-    openvino = sum(b.openvino_model is not None for b in backends)
-    with tqdm(total=3 * openvino, desc="OpenVINO throughput") as bar:
-        seconds = FLAGS.throughput_seconds
-        rates = bb.throughputs(backends, pixels, threads, seconds, 3, 0, bar.update)
-
-    report = load_report(model_dir) or {"artifacts": []}
-    metrics = {a["name"]: a["metrics"].get(metric) for a in report["artifacts"]}
-    for b in tqdm([b for b in backends if b.peer], desc="peers' accuracy"):
-        metrics[(b.artifact, b.runtime)] = round(task.metrics(task.predict(b.runner))[metric], 6)
-    counts = instructions(files, pixels) if FLAGS.callgrind else {}
-    file_rows = {
-        name: file_row(model_dir, path, metrics.get(name), counts.get(name))
-        for name, path in files.items()
-    }
-    with tempfile.TemporaryDirectory() as folder:
-        nncf_path = bb.saved_ir(nncf, folder)
-        file_rows[bb.NNCF] = file_row(folder, nncf_path, metrics[(bb.NNCF, bb.OPENVINO)])
-        file_rows[bb.NNCF]["path"] = "(nncf.quantize of openvino/model_float.xml, not saved)"
+    times, rates = timed(backends, pixels, threads)
+    metrics = accuracies(model_dir, task, backends)
+    files_table = file_rows(model_dir, files, nncf, metrics, pixels)
     rows = backend_rows(backends, times, rates, metrics)
-    benchmark_report.add_ratios(rows, file_rows)
+    benchmark_report.add_ratios(rows, files_table)
     default_float = next(b for b in backends if b.artifact == "openvino_float" and not b.peer)
+    precision = default_float.runner.compiled.get_property("INFERENCE_PRECISION_HINT")
     return {
         "model_dir": os.path.abspath(model_dir),
         "task": task.name,
-        "metric": metric,
+        "metric": task.primary_metric,
         "machine": machine(),
         "versions": versions(),
-        "method": {
-            "description": (
-                f"{FLAGS.rounds} interleaved rounds (one call per backend, new random order "
-                f"each round) after {FLAGS.warmup} warm-up calls, batch 1, {threads} threads "
-                "unless the runtime says 1; OpenVINO PERFORMANCE_HINT=LATENCY, its throughput "
-                f"with THROUGHPUT ({FLAGS.throughput_seconds} s x 3, median); NNCF calibrated "
-                f"on {len(calibration)} train images; end to end on the first val image."
-            ),
-            "rounds": FLAGS.rounds,
-            "warmup": FLAGS.warmup,
-            "threads": threads,
-            "settle_seconds": SETTLE_SECONDS,
-            "score_threshold": bb.DEPLOYMENT_SCORE_THRESHOLD,
-            "calibration_images": int(len(calibration)),
-        },
-        "default_float_precision": default_float.runner.compiled.get_property(
-            "INFERENCE_PRECISION_HINT"
-        ).get_type_name(),
-        "files": file_rows,
+        "method": method(threads, int(len(calibration))),
+        "default_float_precision": precision.get_type_name(),
+        "files": files_table,
         "backends": rows,
     }
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfqat.data import crop as crop_lib
 from tfqat.data.letterbox import boxes_to_image, letterbox_image
 from tfqat.evaluate.artifacts import exported_kind
 from tfqat.export.artifacts import ANDROID_ARTIFACT, EXPORTED
@@ -86,8 +87,6 @@ def sample_image(task) -> tuple[np.ndarray, list | None]:
 def model_input(predictor, image, boxes) -> np.ndarray:
     """The float pixels [1, H, W, 3] the model itself sees for this image (letterbox / crop)."""
     if isinstance(predictor, PosePredictor):
-        from tfqat.data import crop as crop_lib
-
         x1, y1, x2, y2 = boxes[0] if boxes else (0, 0, image.shape[1], image.shape[0])
         padding = predictor.decode_parameters["box_padding"]
         matrix = crop_lib.crop_matrix((x1, y1, x2 - x1, y2 - y1), predictor.input_size, padding)
