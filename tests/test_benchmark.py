@@ -185,6 +185,7 @@ def test_writers_make_json_markdown_png_and_a_tensorboard_text(tmp_path):
     assert "| 0.50x | 0.80x | 0.67x | 2.00x |" in text
     assert "LiteRT 1 thread(s): model 0.33x, end to end 0.50x, CPU time 0.50x" in text
     assert "tflite_int8 / tflite_float32 (callgrind, an AVX2 CPU without VNNI): 0.93x" in text
+    assert "this CPU has no int8 dot-product instructions (no VNNI, no AMX)" in text
     assert "| tflite_int8 | export/model_int8.tflite | 1,000 | 997 | 995 | 996 | 0.250 |" in text
     assert "64.4 M" in text and "without VNNI" in text
     assert "| qat step | 50.0 | 2.00x |" in text

@@ -8,6 +8,7 @@ import os
 from tfqat.fileio import atomic_write
 
 FLOAT_REFERENCE, NNCF_REFERENCE = "tflite_float32", "openvino_int8_nncf"
+INT8_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")
 CALLGRIND_CAVEAT = (
     "Instructions per inference: valgrind callgrind, LiteRT at 1 thread. Valgrind runs x86 code "
     "only up to AVX2, so the count describes an AVX2 CPU without VNNI, whatever CPU ran it: on "
@@ -87,13 +88,20 @@ def headline(result: dict) -> list[str]:
                 f"end {_ratio(r, 'end_to_end_ms')}, CPU time {_ratio(r, 'cpu_ms')}, "
                 f"{result['metric']} {_ratio(r, 'metric')}"
             )
+    dot_products = [f for f in result["machine"]["isa"] if f in INT8_DOT_PRODUCTS]
+    lines.append(
+        f"- int8 dot-product instructions of this CPU: {', '.join(dot_products)}"
+        if dot_products
+        else "- this CPU has no int8 dot-product instructions (no VNNI, no AMX): int8 gains "
+        "little over float32 here; see the instruction counts"
+    )
     counts = {n: f.get("instructions_per_inference") for n, f in result["files"].items()}
     if counts.get("tflite_int8") and counts.get("tflite_float32"):
         lines.append(
             "- instructions per inference, tflite_int8 / tflite_float32 (callgrind, an AVX2 "
             f"CPU without VNNI): {counts['tflite_int8'] / counts['tflite_float32']:.2f}x"
         )
-    return ["## Headline ratios", "", *lines, ""] if lines else []
+    return ["## Headline ratios", "", *lines, ""]
 
 
 def markdown(result: dict) -> str:
