@@ -8,17 +8,22 @@ def training_figures(model_dir: str, rounds: int = 5, steps: int = 10, batches: 
     task, batch size and optimizer."""
     from benchmark_pipeline import images_per_second
     from benchmark_qat_step import step_seconds
+    from tqdm import tqdm
 
     from tfqat.recipe.run_dir import load_run, read_flags
 
     options = read_flags(model_dir)
     task = load_run(model_dir).task
-    iterator = iter(task.train_dataset(0))
-    # The first pass fills the decode cache; time the steady state, as training sees it.
-    for _ in range(task.steps_per_epoch + 1):
-        next(iterator)
-    pipeline = images_per_second(lambda: next(iterator), batches, options.batch_size)
-    seconds = step_seconds(task, options.lr, options.optimizer, True, rounds, steps)
+    with tqdm(total=3, desc="training: cache fill, pipeline, steps") as bar:
+        iterator = iter(task.train_dataset(0))
+        # The first pass fills the decode cache; time the steady state, as training sees it.
+        for _ in range(task.steps_per_epoch + 1):
+            next(iterator)
+        bar.update(1)
+        pipeline = images_per_second(lambda: next(iterator), batches, options.batch_size)
+        bar.update(1)
+        seconds = step_seconds(task, options.lr, options.optimizer, True, rounds, steps)
+        bar.update(1)
     size = "x".join(options.input_size)
     return {
         "description": (
