@@ -31,7 +31,9 @@ from tfqat import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory (its export/ holds the files).")
-flags.DEFINE_integer("threads", None, "Threads of every backend (default: every core).")
+flags.DEFINE_integer(
+    "threads", None, "Threads of every backend (default: every core).", lower_bound=1
+)
 flags.DEFINE_integer("rounds", 200, "Interleaved rounds: timed calls per backend.", lower_bound=1)
 flags.DEFINE_integer("warmup", 10, "Untimed calls per backend first.", lower_bound=0)
 flags.DEFINE_integer("calibration_images", 64, "Train images for NNCF's calibration.")
