@@ -236,6 +236,7 @@ def test_benchmark_of_the_smoke_run_covers_every_file_and_runtime(smoke_yolo_run
     for name in ("benchmark.md", "benchmark.png"):
         assert (run / name).stat().st_size > 0
     assert "benchmark" in tensorboard_runs(run)
+    assert "valgrind" not in result["versions"]
 
 
 @pytest.mark.slow
@@ -246,6 +247,7 @@ def test_benchmark_counts_instructions_and_times_training(smoke_yolo_run, tmp_pa
     counts = {n: f["instructions_per_inference"] for n, f in result["files"].items()}
     assert all(counts[n] > 1e5 for n in counts if n.startswith("tflite"))
     assert all(counts[n] is None for n in counts if not n.startswith("tflite"))
+    assert result["versions"]["valgrind"].startswith("valgrind-")
     rates = result["training"]["images_per_second"]
     assert set(rates) == {"pipeline", "float step", "qat step", "pqat step"}
     assert all(rate > 0 for rate in rates.values())

@@ -72,6 +72,7 @@ def ensure_intel_files(export_dir, calibration, threads):
 
 
 def versions() -> dict:
+    """Versions of tfqat, the runtimes and (when it counted) valgrind."""
     import tfqat
 
     found = {"tfqat": tfqat.__version__}
@@ -80,6 +81,13 @@ def versions() -> dict:
             found[name] = package_metadata.version(name)
         except package_metadata.PackageNotFoundError:
             pass
+    if FLAGS.callgrind:
+        import benchmark_callgrind
+
+        from tfqat.data.images import default_cache_dir
+
+        folder = benchmark_callgrind.valgrind_folder(default_cache_dir())
+        found["valgrind"] = benchmark_callgrind.valgrind_version(folder)
     return found
 
 
