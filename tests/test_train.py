@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_tensorboard_run_per_stage
+from conftest import REPO, assert_one_tensorboard_run_per_stage, assert_verdict_ends_the_report
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
@@ -231,6 +231,7 @@ def test_smoke_recipe_writes_the_run_directory(smoke_yolo_run):
     assert set(report["parity"]) == {"keras_qat", "onnx_int8", "openvino_int8"}
     row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
     assert row["precision"] == "int8" and row["size_bytes"] > 0
+    assert_verdict_ends_the_report(model_dir, report, "mAP50_95")
 
     from tfqat.postprocess.metrics import coco_metrics
 
