@@ -22,6 +22,8 @@ are identical. For "prune_preserve", rebuild from the pruned float weights (not 
 model): TF-MOT takes the zero mask from the weights at `quantize` time, as a constant.
 `model.save("x.h5")` + `load_qat_model` also round-trip exactly, but a reloaded
 "prune_preserve" model has plain weight quantizers (fine for export, not for more training).
+Likewise a cloned or reloaded model has TF-MOT's moving-average activation quantizers, whatever
+`activation_quantizer` made it: the range variables and the inference graph are the same.
 The Keras v3 ".keras" format fails in TF-MOT 0.8.1 ("expected 4 variables, but received 5").
 """
 

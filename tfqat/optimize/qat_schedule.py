@@ -108,7 +108,7 @@ def install_activation_quantizers(qat_model: keras.Model, kind: str = "moving_av
             activation.quantizer = replaced(activation.quantizer)
 
 
-def activation_quantizers(qat_model: keras.Model) -> list[_ActivationQuantizer]:
+def _freezable_quantizers(qat_model: keras.Model) -> list[_ActivationQuantizer]:
     found = []
     for wrapper in _wrappers(qat_model):
         found += wrapper._output_quantizers  # noqa: SLF001
@@ -118,7 +118,7 @@ def activation_quantizers(qat_model: keras.Model) -> list[_ActivationQuantizer]:
 
 def freeze_activation_ranges(qat_model: keras.Model) -> bool:
     """Stops every activation range from updating; True if any was still updating."""
-    quantizers = activation_quantizers(qat_model)
+    quantizers = _freezable_quantizers(qat_model)
     if not quantizers:
         raise ValueError(
             f"{qat_model.name}: no freezable activation quantizer; a model made by "

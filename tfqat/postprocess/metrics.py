@@ -40,7 +40,7 @@ def bootstrap_primary_metric(
     pycocotools matches each image once (`COCOeval.evaluate`); only its `accumulate` depends on
     the image set. That runs here vectorised, for the one area range and detection limit of the
     primary metric: pycocotools' own `accumulate` loops in Python over every detection (0.14 s
-    per call on 300 val images of the main job, 30,000 detections; measured), which would make
+    per call on 300 val images of the main job, 90,000 detections; measured), which would make
     hundreds of resamples of several models cost minutes. `tests/test_verdict.py` checks that it
     gives pycocotools' number on the whole val set and on a resample.
     """
