@@ -32,6 +32,7 @@ flags.DEFINE_list("input_size", ["256", "256"], "height,width")
 flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("epochs", 2, "Passes over the set before the timing.", lower_bound=1)
 flags.DEFINE_integer("batches", 60, "Batches timed for each side (after warmup).", lower_bound=2)
+flags.DEFINE_bool("augment", True, "Training augmentation (mosaic, flip, jittered resize).")
 flags.DEFINE_bool("train_step", True, "Also time the training step the pipeline feeds.")
 
 
@@ -94,6 +95,7 @@ def main(argv):
         model_size=FLAGS.model_size,
         activation=FLAGS.activation,
         batch_size=FLAGS.batch_size,
+        augment=FLAGS.augment,
         memory_cache_mb=FLAGS.memory_cache_mb,
     )
     task = DetectionTask(config, train, train)  # never validates: the val set is not read
