@@ -112,8 +112,8 @@ def main(argv):
     print(
         f"{len(train.samples)} images, {decoded_mib:.0f} MiB decoded at {size[0]}x{size[1]}, "
         f"--memory_cache_mb={FLAGS.memory_cache_mb}: {'cached' if cached else 'streamed'}; "
-        f"pipeline {pipeline_rate:.0f} img/s over {FLAGS.epochs} epochs + {FLAGS.batches} "
-        f"batches; peak RSS {peak:.0f} MiB ({peak - before:+.0f} MiB over the "
+        f"pipeline {pipeline_rate:.0f} img/s (the {FLAGS.batches} batches after "
+        f"{FLAGS.epochs} epochs); peak RSS {peak:.0f} MiB ({peak - before:+.0f} MiB over the "
         f"{before:.0f} MiB before the pipeline)"
     )
     if FLAGS.train_step:
