@@ -55,6 +55,7 @@ def _detection_task(fv, train, val):
         mosaic=fv.mosaic,
         jitter=tuple(float(v) for v in fv.jitter),
         min_box_size=fv.min_box_size,
+        memory_cache_mb=fv.memory_cache_mb,
         seed=fv.seed,
     )
     return DetectionTask(config, train, val)
@@ -136,4 +137,14 @@ def pruning_options(fv):
         end_fraction=fv.pruning_end,
         exclude=tuple(fv.prune_exclude),
         m_by_n=m_by_n,
+    )
+
+
+def qat_options(fv):
+    from tfqat.optimize.qat_schedule import QatOptions
+
+    return QatOptions(
+        activation_quantizer=fv.qat_activation_quantizer,
+        freeze_bn_after=fv.qat_freeze_bn_after,
+        freeze_ranges_after=fv.qat_freeze_ranges_after,
     )

@@ -129,6 +129,8 @@ def numeric_rules(fv) -> dict[str, Range]:
             qat_lr=POSITIVE,
             calibration_images=AT_LEAST_ONE,
             min_output_levels=Range(1, 256),
+            qat_freeze_bn_after=Range(0, 1),
+            qat_freeze_ranges_after=Range(0, 1),
         )
     if "prune" in fv.stages:
         rules.update(

@@ -20,9 +20,12 @@ def run_recipe(
     calibration_images=64,
     min_output_levels=32,
     pruning=None,
+    qat_options=None,
 ):
     """Trains every stage, then evaluates (and, after QAT, exports) what they produced."""
-    trained = run_stages(task, model_dir, stages, init_checkpoint, calibration_images, pruning)
+    trained = run_stages(
+        task, model_dir, stages, init_checkpoint, calibration_images, pruning, qat_options
+    )
     report = report_lib.new_report(task, paths, trained.records)
     for name, result in trained.results.items():
         # A stage that validated its final model hands over those predictions.

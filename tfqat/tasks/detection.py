@@ -10,7 +10,7 @@ from tfqat.data.images import decode_image
 from tfqat.data.letterbox import letterboxed_batches
 from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.postprocess import detection as post
-from tfqat.postprocess.metrics import coco_metrics
+from tfqat.postprocess.metrics import IOU_TYPES, METRIC_NAMES, coco_metrics
 from tfqat.tasks.common import keras_predict_fn, write_validation
 
 
@@ -24,6 +24,7 @@ class DetectionConfig:
     mosaic: bool = True
     jitter: tuple = (0.75, 1.25)
     min_box_size: float = 1.0
+    memory_cache_mb: int = pipeline.DEFAULT_MEMORY_CACHE_MB
     seed: int = 0
     val_batch_size: int = 32
     summary_images: int = 4
@@ -31,8 +32,8 @@ class DetectionConfig:
 
 class DetectionTask:
     name = "detection"
-    iou_type = "bbox"
-    primary_metric = "mAP50_95"
+    iou_type = IOU_TYPES["detection"]
+    primary_metric = METRIC_NAMES[iou_type][0]
     # Outputs the int8 export validator requires to vary (scores, not box distributions).
     score_output_names = tuple(n for n in OUTPUT_NAMES if n.startswith("cls_"))
 
@@ -72,6 +73,7 @@ class DetectionTask:
             mosaic=c.mosaic,
             jitter=c.jitter,
             min_box_size=c.min_box_size,
+            memory_cache_mb=c.memory_cache_mb,
         )
 
     def preprocessed_images(self, count: int, split: str = "train") -> np.ndarray:

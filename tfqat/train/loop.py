@@ -5,6 +5,7 @@ knows nothing of detection or pose.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -147,13 +148,16 @@ def fit(
     *,
     verbose=1,
     epoch_summaries=None,
+    step_hook=None,
 ):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
     `train_ds(start_epoch)` returns the (infinite) training dataset, shuffled from a seed that
     depends on `start_epoch`, so a resumed run does not replay the first epochs' order.
     `epoch_summaries(model, step, writer)`, if given, writes stage-specific TensorBoard data
-    after every epoch.
+    after every epoch. `step_hook(model, step)`, if given, runs before every training step and
+    returns True when it changed the model in a way the traced step cannot see (Python state,
+    e.g. `tfqat.optimize.qat_schedule`'s freezes): the step is then traced again.
     Returns the EMA model (what gets evaluated and exported), steps, seconds and the COCO results
     of the last-epoch validation (None if the stage had finished before). Checkpoints go to
     `model_dir/checkpoints/<stage>/` at the end of every epoch; an interrupted or failed save
@@ -191,6 +195,9 @@ def fit(
 
     train_writer, val_writer = summary_writers(model_dir, config.name)
     step_fn = make_train_step(task, model, optimizer, ema)
+    if step_hook:
+        retrace = functools.partial(make_train_step, task, model, optimizer, ema)
+        step_fn = _hooked_step(retrace, model, optimizer, step_hook)
     dataset = train_ds(start_epoch)
     if start_epoch == 0:
         _write_graph(train_writer, model, dataset)
@@ -246,6 +253,19 @@ def make_train_step(task, model, optimizer, ema):
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             ema.update(model)
         return losses
+
+    return step
+
+
+def _hooked_step(make_step, model, optimizer, step_hook):
+    """The training step, traced again whenever `step_hook(model, step)` says it changed the
+    model."""
+    traced = [make_step()]
+
+    def step(images, targets):
+        if step_hook(model, int(optimizer.iterations)):
+            traced[0] = make_step()
+        return traced[0](images, targets)
 
     return step
 

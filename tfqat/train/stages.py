@@ -21,11 +21,18 @@ class TrainedStages:
 
 
 def run_stages(
-    task, model_dir, stages, init_checkpoint=None, calibration_images=64, pruning=None
+    task,
+    model_dir,
+    stages,
+    init_checkpoint=None,
+    calibration_images=64,
+    pruning=None,
+    qat_options=None,
 ) -> TrainedStages:
     """Trains every stage; each resumes from its own checkpoints under model_dir.
 
-    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one.
+    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one,
+    `qat_options` (qat_schedule.QatOptions; default: its defaults) the QAT or PQAT stage.
     """
     keras.utils.set_random_seed(stages[0].seed)
     by_name = {stage.name: stage for stage in stages}
@@ -40,7 +47,7 @@ def run_stages(
             )
     records = []
 
-    def train(stage_name, stage_model, epoch_summaries=None) -> StageResult:
+    def train(stage_name, stage_model, epoch_summaries=None, step_hook=None) -> StageResult:
         result = fit(
             task,
             stage_model,
@@ -48,6 +55,7 @@ def run_stages(
             by_name[stage_name],
             model_dir,
             epoch_summaries=epoch_summaries,
+            step_hook=step_hook,
         )
         records.append(
             {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -60,15 +68,20 @@ def run_stages(
     if quantize_stage is None:
         return TrainedStages(trained, records, None)
     from tfqat.optimize import qat, ranges
+    from tfqat.optimize.qat_schedule import QatOptions
 
+    options = qat_options or QatOptions()
     calibration = task.preprocessed_images(calibration_images)
     base = float_stage.model
     if "prune" in by_name:
         base = train_pruned(train, base, pruning, by_name["prune"].total_steps)
     with qat.qat_scope():
-        qat_model = qat.quantize(clone_with_weights(base), QAT_SCHEMES[quantize_stage])
+        qat_model = qat.quantize(
+            clone_with_weights(base), QAT_SCHEMES[quantize_stage], options.activation_quantizer
+        )
         ranges.calibrate(qat_model, base, calibration)
-        trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
+        hook = options.step_hook(quantize_stage, by_name[quantize_stage].total_steps)
+        trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries, hook)
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
         if name in by_name:
