@@ -165,6 +165,7 @@ def test_ratios_are_to_float32_at_the_same_threads_and_to_nncf(tmp_path):
         "end_to_end_ms": 0.5,
         "model_ms": 0.333,
         "cpu_ms": 0.5,
+        "model_cpu_ms": 0.333,
         "metric": 0.98,
         "size": 0.25,
     }
@@ -180,10 +181,11 @@ def test_writers_make_json_markdown_png_and_a_tensorboard_text(tmp_path):
     text = report.write_outputs(str(tmp_path), result)
     assert json.loads((tmp_path / "benchmark.json").read_text()) == result
     assert (tmp_path / "benchmark.md").read_text() == text
-    row = "| tflite_int8 | LiteRT XNNPACK | 2 | 2.00 | 3.00 | 4.00 | 6.00 | 6.00 | 0.4900 |"
+    row = "| tflite_int8 | LiteRT XNNPACK | 2 | 2.00 | 3.00 | 4.00 | 6.00 | 2.00 | 6.00 | 0.4900 |"
     assert row in text
-    assert "| 0.50x | 0.80x | 0.67x | 2.00x |" in text
-    assert "LiteRT 1 thread(s): model 0.33x, end to end 0.50x, CPU time 0.50x" in text
+    assert "| 0.50x | 0.80x | 0.50x | 0.67x | 2.00x |" in text
+    headline = "LiteRT 1 thread(s): model 0.33x, end to end 0.50x, CPU time model 0.33x, end to end"
+    assert headline + " 0.50x" in text
     assert "tflite_int8 / tflite_float32 (callgrind, an AVX2 CPU without VNNI): 0.93x" in text
     assert "this CPU has no int8 dot-product instructions (no VNNI, no AMX)" in text
     assert "| tflite_int8 | export/model_int8.tflite | 1,000 | 997 | 995 | 996 | 0.250 |" in text
