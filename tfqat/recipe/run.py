@@ -20,9 +20,18 @@ def run_recipe(
     calibration_images=64,
     min_output_levels=32,
     pruning=None,
+    distribution=None,
 ):
-    """Trains every stage, then evaluates (and, after QAT, exports) what they produced."""
-    trained = run_stages(task, model_dir, stages, init_checkpoint, calibration_images, pruning)
+    """Trains every stage, then evaluates (and, after QAT, exports) what they produced.
+
+    Under a strategy (`distribution`, a train.distribute.Distribution) every worker trains; only
+    the chief evaluates, exports and reports (the others return None).
+    """
+    trained = run_stages(
+        task, model_dir, stages, init_checkpoint, calibration_images, pruning, distribution
+    )
+    if distribution is not None and not distribution.is_chief:
+        return None
     report = report_lib.new_report(task, paths, trained.records)
     for name, result in trained.results.items():
         # A stage that validated its final model hands over those predictions.

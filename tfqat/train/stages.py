@@ -10,6 +10,7 @@ import numpy as np
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import QAT_SCHEMES, load_float_weights
+from tfqat.train.distribute import Distribution
 from tfqat.train.loop import StageResult, fit
 
 
@@ -21,17 +22,28 @@ class TrainedStages:
 
 
 def run_stages(
-    task, model_dir, stages, init_checkpoint=None, calibration_images=64, pruning=None
+    task,
+    model_dir,
+    stages,
+    init_checkpoint=None,
+    calibration_images=64,
+    pruning=None,
+    distribution: Distribution | None = None,
 ) -> TrainedStages:
     """Trains every stage; each resumes from its own checkpoints under model_dir.
 
-    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one.
+    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one. Under
+    `distribution` every stage's model is built in its scope; the models returned are outside
+    it (`Distribution.local_copy`), ready to evaluate and export.
     """
+    distribution = distribution or Distribution()
     keras.utils.set_random_seed(stages[0].seed)
     by_name = {stage.name: stage for stage in stages}
-    model = task.build_model()
+    with distribution.scope():
+        model = task.build_model()
+        if init_checkpoint:
+            skipped = load_float_weights(model, init_checkpoint)
     if init_checkpoint:
-        skipped = load_float_weights(model, init_checkpoint)
         print(f"[float] initialized from --init_checkpoint={init_checkpoint}")
         if skipped:
             print(
@@ -47,12 +59,18 @@ def run_stages(
             task.train_dataset,
             by_name[stage_name],
             model_dir,
+            distribution=distribution,
             epoch_summaries=epoch_summaries,
         )
         records.append(
             {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
         )
         return result
+
+    def clone(base):
+        """A copy of `base` (a finished stage's model) under the strategy, to train on."""
+        with distribution.scope():
+            return clone_with_weights(base)
 
     float_stage = train("float", model)
     trained = {"keras_float": float_stage}
@@ -64,28 +82,33 @@ def run_stages(
     calibration = task.preprocessed_images(calibration_images)
     base = float_stage.model
     if "prune" in by_name:
-        base = train_pruned(train, base, pruning, by_name["prune"].total_steps)
+        base = train_pruned(train, base, pruning, by_name["prune"].total_steps, distribution)
     with qat.qat_scope():
-        qat_model = qat.quantize(clone_with_weights(base), QAT_SCHEMES[quantize_stage])
-        ranges.calibrate(qat_model, base, calibration)
+        with distribution.scope():
+            qat_model = qat.quantize(clone_with_weights(base), QAT_SCHEMES[quantize_stage])
+            # Every worker calibrates on the same images (`base` is outside the strategy), so
+            # the ranges start equal everywhere.
+            ranges.calibrate(qat_model, base, calibration)
         trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
         if name in by_name:
-            reference = train(name, clone_with_weights(reference.model))
+            reference = train(name, clone(reference.model))
     trained["keras_float"] = reference
     return TrainedStages(trained, records, calibration)
 
 
-def train_pruned(train, float_model, options, stage_steps):
-    """The prune stage: a copy of the float model pruned to the target, returned stripped.
+def train_pruned(train, float_model, options, stage_steps, distribution):
+    """The prune stage: `float_model` (built under the strategy) pruned to the target and
+    trained, returned stripped and outside the strategy.
 
     Fails (PruningTargetNotReached) rather than hand a less sparse model to PQAT.
     """
     from tfqat.optimize import prune
 
-    pruned = prune.prune_for_stage(clone_with_weights(float_model), options, stage_steps)
-    prune.start_pruning(pruned)
+    with distribution.scope():
+        pruned = prune.prune_for_stage(float_model, options, stage_steps)
+        prune.start_pruning(pruned)
     trained = train("prune", pruned, sparsity_summaries).model  # EMA copy, with the trained masks
     prune.apply_masks(trained)
     prune.check_sparsity(trained, options.target_sparsity, options.exclude, options.m_by_n)
