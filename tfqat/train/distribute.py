@@ -170,9 +170,30 @@ class Distribution:
         if into is None:
             into = keras.models.clone_model(model)
         with self.scope():
-            weights = model.get_weights()
-        into.set_weights(weights)
+            copy_weights(into, model)
         return into
+
+
+def copy_weights(target, source):
+    """`target.set_weights(source.get_weights())` in one graph, for models of the same
+    architecture, inside or outside a strategy's scope.
+
+    Eagerly, under MultiWorkerMirroredStrategy, reading (and even assigning) a variable each
+    replica keeps for itself is one all-reduce per variable, each with its own threads: hundreds
+    of them made a worker fail to start a thread. Traced, they run as one graph.
+    """
+    if len(target.weights) != len(source.weights):
+        raise ValueError(
+            f"{target.name} has {len(target.weights)} weights, {source.name} "
+            f"{len(source.weights)}: not the same architecture"
+        )
+
+    @tf.function
+    def copy():
+        for to, value in zip(target.weights, source.weights):
+            to.assign(value, read_value=False)
+
+    copy()
 
 
 def weights_fingerprint(model) -> str:

@@ -20,7 +20,12 @@ from tfqat.train.checkpoints import (
     save_checkpoint,
     stage_dir,
 )
-from tfqat.train.distribute import Distribution, summary_writer, weights_fingerprint
+from tfqat.train.distribute import (
+    Distribution,
+    copy_weights,
+    summary_writer,
+    weights_fingerprint,
+)
 
 
 class TrainingDiverged(RunStopped):
@@ -119,7 +124,7 @@ class ModelEMA:
 
     def __init__(self, model: keras.Model, decay: float, tau: float):
         self.model = keras.models.clone_model(model)
-        self.model.set_weights(model.get_weights())
+        copy_weights(self.model, model)
         self.decay = decay
         self.tau = tau
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import QAT_SCHEMES, load_float_weights
-from tfqat.train.distribute import Distribution
+from tfqat.train.distribute import Distribution, copy_weights
 from tfqat.train.loop import StageResult, fit
 
 
@@ -133,7 +133,7 @@ def sparsity_summaries(model, step, writer):
 
 def clone_with_weights(model):
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    copy_weights(clone, model)
     return clone
 
 
