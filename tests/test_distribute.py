@@ -7,15 +7,21 @@ Each worker is a `python -m tfqat.train` process on the smoke recipe; every wait
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 
-from conftest import PQAT_FLAGS, REPO, tensorboard_runs
+from conftest import PQAT_FLAGS, REPO, run_recipe, tensorboard_runs
 
 # Bounds every wait on a worker: far above a smoke run on 2 loaded cores.
 WORKER_TIMEOUT = 900
+# Relative difference of the first losses, mirrored over 2 logical CPUs vs one device (the
+# README's numbers: tools/compare_mirrored.py). Frozen batch norm: float rounding only; per
+# replica: each replica's batch statistics come from 4 images instead of 8.
+FROZEN_BATCHNORM_TOLERANCE = 1e-4
+PER_REPLICA_BATCHNORM_TOLERANCE = 0.25
 FINGERPRINT = re.compile(r"^\[(\w+)\] EMA weights sha256 ([0-9a-f]{64})$", re.M)
 
 
@@ -124,3 +130,67 @@ def test_two_workers_train_prune_and_pqat_to_identical_weights(tmp_path):
     report = assert_two_workers_trained_alike(tmp_path, model_dir, stages)
     int8 = next(row for row in report["artifacts"] if row["name"] == "tflite_int8")
     assert int8["sparsity"] > 0.3
+
+
+def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path):
+    make_dataset_once(tmp_path)
+    model_dir = tmp_path / "run"
+    flags = ("--stages=float", "--epochs=3")
+    ports = free_ports(2)
+    workers = start_workers(tmp_path, model_dir, ports, *flags, tag="killed")
+    try:
+        first_save = model_dir / "checkpoints" / "float" / "ckpt-1.index"
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while not first_save.exists() and workers[0].poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.2)
+        workers[1].send_signal(signal.SIGKILL)
+        # The chief notices (TensorFlow's heartbeats) and stops, naming the worker.
+        assert wait_all(workers[:1], timeout=300) == [1]
+    finally:
+        wait_all(workers, timeout=1)
+    stopped = read_log(tmp_path, "killed", 0)
+    assert f"worker 1 (127.0.0.1:{ports[1]}) stopped" in stopped, stopped[-3000:]
+    assert (model_dir / "checkpoints" / "float" / "checkpoint").exists()
+
+    codes = wait_all(start_workers(tmp_path, model_dir, free_ports(2), *flags, tag="resumed"))
+    logs = [read_log(tmp_path, "resumed", i) for i in (0, 1)]
+    assert codes == [0, 0], [log[-3000:] for log in logs]
+    assert all("[float] resumed from" in log for log in logs)
+    assert fingerprints(logs[0]) == fingerprints(logs[1])
+    report = json.loads((model_dir / "report.json").read_text())
+    assert report["stages"][0]["steps"] == 3 * 2  # 16 images, batch 8: uninterrupted steps
+
+
+def test_mirrored_over_two_cpu_devices_follows_one_device(tmp_path):
+    """The first steps' losses under MirroredStrategy (2 logical CPUs, 4 images each) and on one
+    device (8 images) agree to float rounding with batch normalization frozen, and within
+    PER_REPLICA_BATCHNORM_TOLERANCE when each replica normalizes its own 4 images."""
+    out = tmp_path / "losses.json"
+    command = [
+        sys.executable,
+        "tools/compare_mirrored.py",
+        "--flagfile=configs/smoke_yolo.flags",
+        "--steps=4",
+        f"--json={out}",
+    ]
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads(out.read_text())
+    assert max(losses["frozen"]["relative_difference"]) < FROZEN_BATCHNORM_TOLERANCE, losses
+    assert max(losses["per_replica"]["relative_difference"]) < PER_REPLICA_BATCHNORM_TOLERANCE
+
+
+def test_mirrored_smoke_recipe_runs_to_the_end(tmp_path):
+    report = run_recipe(
+        "smoke_yolo.flags",
+        tmp_path / "run",
+        tmp_path / "cache",
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+    )
+    assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]
+    assert all(row["metrics"] for row in report["artifacts"])
