@@ -16,7 +16,7 @@ import time
 from conftest import PQAT_FLAGS, REPO, run_recipe, tensorboard_runs
 
 # Bounds every wait on a worker: far above a smoke run on 2 loaded cores.
-WORKER_TIMEOUT = 900
+WORKER_TIMEOUT = 1800
 # Relative difference of the first losses, mirrored over 2 logical CPUs vs one device (the
 # README's numbers: tools/compare_mirrored.py). Frozen batch norm: float rounding only; per
 # replica: each replica's batch statistics come from 4 images instead of 8.

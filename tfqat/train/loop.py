@@ -273,6 +273,8 @@ def summary_writers(model_dir: str, stage: str, distribution: Distribution | Non
 def make_train_step(task, model, optimizer, ema, distribution: Distribution | None = None):
     """One training step on every replica: loss, all-reduced gradient, NaN guard, update, EMA.
 
+    Needs no all-reduce besides the gradient's and the losses'.
+
     The losses normalize by sums over the global batch (`tfqat.losses.global_batch_sum`), so
     the replicas' losses add up to the global batch's, and so do their gradients. Both are
     all-reduced before the NaN guard, so it decides the same on every replica and worker.
@@ -296,6 +298,9 @@ def make_train_step(task, model, optimizer, ema, distribution: Distribution | No
         optimizer.apply_gradients(
             zip(grads, model.trainable_variables), skip_gradients_aggregation=True
         )
+        # Each replica averages its own copies: the same weights everywhere, and its own
+        # batch-norm statistics, whose mean (what a read returns) is then the EMA of their mean.
+        ema.update(model)
 
     @tf.function
     def step(images, targets):
@@ -306,7 +311,6 @@ def make_train_step(task, model, optimizer, ema, distribution: Distribution | No
         losses["total"] = tf.where(finite, losses["total"], np.nan)
         if finite:
             distribution.run(replica_update, (grads,))
-            ema.update(model)
         return losses
 
     return step
