@@ -78,6 +78,20 @@ def assert_one_tensorboard_run_per_stage(model_dir, stages):
         )
 
 
+def assert_verdict_ends_the_report(model_dir, report, metric):
+    """report.json has the verdict (QAT vs PTQ) on `metric`; report.md ends with its line."""
+    from tfqat.evaluate.verdict import verdict_line
+
+    verdict = report["verdict"]
+    assert verdict["metric"] == metric
+    rows = {a["name"]: a["metrics"][metric] for a in report["artifacts"]}
+    assert (verdict["float"], verdict["qat"], verdict["ptq"]) == tuple(
+        rows[name] for name in ("keras_float", "tflite_int8", "tflite_int8_ptq")
+    )
+    line = (model_dir / "report.md").read_text().splitlines()[-1]
+    assert line.startswith(f"Verdict ({metric}): ") and line == verdict_line(verdict)
+
+
 @pytest.fixture(scope="session")
 def smoke_yolo_run(tmp_path_factory):
     """The detector smoke recipe (float, QAT, every export), run once per session."""

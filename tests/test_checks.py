@@ -44,6 +44,8 @@ def test_the_smoke_recipes_pass(tmp_path):
         (["--qat_lr=-1"], r"--qat_lr=-1.0 must be > 0"),
         (["--calibration_images=0"], "--calibration_images=0 must be >= 1"),
         (["--min_output_levels=300"], r"--min_output_levels=300 must be in \[1, 256\]"),
+        (["--qat_freeze_bn_after=1.5"], r"--qat_freeze_bn_after=1.5 must be in \[0, 1\]"),
+        (["--qat_freeze_ranges_after=-0.1"], r"--qat_freeze_ranges_after=-0.1 must be in \[0, 1\]"),
         (["--ema_decay=1"], r"--ema_decay=1.0 must be in \[0, 1\)"),
         (["--warmup_epochs=nan"], "--warmup_epochs=nan must be >= 0"),
         (["--num_val=0"], "--num_val=0 must be >= 1"),

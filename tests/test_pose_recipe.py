@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import assert_one_tensorboard_run_per_stage
+from conftest import assert_one_tensorboard_run_per_stage, assert_verdict_ends_the_report
 
 ARTIFACTS = ["keras_float", "keras_qat", "tflite_float32", "tflite_int8_ptq", "tflite_int8"]
 
@@ -30,6 +30,7 @@ def test_smoke_pose_recipe_writes_the_run_directory(smoke_pose_run):
     assert set(ARTIFACTS) <= {a["name"] for a in report["artifacts"]}
     for row in report["artifacts"]:
         assert set(row["metrics"]) == {"AP", "AP50"}
+    assert_verdict_ends_the_report(smoke_pose_run, report, "AP")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from tfqat.export.tflite.convert import convert_int8
 from tfqat.export.tflite.validate import validate_int8
 from tfqat.models.yolo import OUTPUT_NAMES, build_yolo
 from tfqat.optimize import prune, qat
+from tfqat.optimize.qat_schedule import ACTIVATION_QUANTIZERS, freeze_activation_ranges
 from tfqat.optimize.ranges import calibrate, quantizer_ranges
 from tfqat.runtime.tflite import TFLiteRunner
 from tfqat.tf_compat import keras, tf
@@ -187,6 +188,26 @@ def test_small_detector_int8_matches_keras_qat():
     assert runner.output_names == ["box_p3", "cls_p3"]
     steps = diff_in_steps(runner, runner(images), qat_model(images, training=False))
     print("int8 vs Keras QAT, output steps (max, mean):", steps)
+    for worst, mean in steps.values():
+        assert mean < 1.0 and worst <= 6
+
+
+@pytest.mark.parametrize("kind", sorted(ACTIVATION_QUANTIZERS))
+def test_each_activation_quantizer_exports_to_int8(kind):
+    """After training-mode passes (each kind moves the ranges its way) and frozen ranges, the
+    file passes the validator and agrees with the Keras QAT model."""
+    model = small_detector("relu6")
+    images = textured_images(16)
+    init_batchnorm(model, images)
+    qat_model = qat.quantize(model, "default", kind)
+    calibrate(qat_model, model, images)
+    qat_model(images[:8] * 0.5, training=True)
+    freeze_activation_ranges(qat_model)
+    qat_model(images[8:], training=True)  # kernel ranges only
+    data = convert_int8(qat_model, images)
+    validate_int8(data, images, score_output_names=("cls_p3",))
+    runner = TFLiteRunner(data)
+    steps = diff_in_steps(runner, runner(images), qat_model(images, training=False))
     for worst, mean in steps.values():
         assert mean < 1.0 and worst <= 6
 

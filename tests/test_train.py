@@ -9,7 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_tensorboard_run_per_stage
+from conftest import (
+    REPO,
+    assert_one_tensorboard_run_per_stage,
+    assert_verdict_ends_the_report,
+    run_recipe,
+)
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train import loop as training
@@ -231,6 +236,7 @@ def test_smoke_recipe_writes_the_run_directory(smoke_yolo_run):
     assert set(report["parity"]) == {"keras_qat", "onnx_int8", "openvino_int8"}
     row = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
     assert row["precision"] == "int8" and row["size_bytes"] > 0
+    assert_verdict_ends_the_report(model_dir, report, "mAP50_95")
 
     from tfqat.postprocess.metrics import coco_metrics
 
@@ -289,6 +295,33 @@ def test_prune_pqat_recipe_keeps_the_zeros_in_the_int8_file(smoke_pqat_run):
     assert rows["keras_qat"]["sparsity"] == pytest.approx(rows["tflite_int8"]["sparsity"], abs=0.01)
     assert rows["tflite_int8_ptq"]["sparsity"] < 0.05
     assert rows["tflite_int8"]["gzip_bytes"] < 0.8 * rows["tflite_int8_ptq"]["gzip_bytes"]
+
+
+@pytest.mark.slow
+def test_smoke_recipe_with_frozen_batchnorm_and_ranges(tmp_path):
+    """--qat_freeze_*_after=0.5 of 2 QAT epochs: the QAT model's batch-norm statistics and
+    activation ranges in the second epoch's checkpoint are the first's, its kernels are not;
+    the int8 files export and the report has its verdict."""
+    freeze = ["--qat_freeze_bn_after=0.5", "--qat_freeze_ranges_after=0.5"]
+    flags = ["--qat_epochs=2", "--qat_activation_quantizer=last_value", *freeze]
+    report = run_recipe("smoke_yolo.flags", tmp_path / "run", tmp_path / "cache", *flags)
+    assert report["stages"][1] == {**report["stages"][1], "name": "qat", "steps": 4}
+    assert_verdict_ends_the_report(tmp_path / "run", report, "mAP50_95")
+    stage = tmp_path / "run" / "checkpoints" / "qat"
+    first, second = (tf.train.load_checkpoint(str(stage / f"ckpt-{n}")) for n in (1, 2))
+    keys = [k for k, _ in tf.train.list_variables(str(stage / "ckpt-1")) if k.startswith("model/")]
+
+    def changed(*names):
+        found = [k for k in keys if any(f"/{name}/" in k for name in names)]
+        assert found, names
+        return sum(
+            not np.array_equal(first.get_tensor(k), second.get_tensor(k)) for k in found
+        ), len(found)
+
+    assert changed("moving_mean", "moving_variance")[0] == 0
+    assert changed("output_min", "output_max", "post_activation_min", "post_activation_max")[0] == 0
+    kernels_changed, kernels = changed("kernel")
+    assert kernels_changed == kernels
 
 
 def test_contradictory_flags_fail_before_work(tmp_path):

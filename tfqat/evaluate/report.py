@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from tfqat.evaluate.verdict import compute_verdict, verdict_line
 from tfqat.fileio import atomic_write
 
 
@@ -58,7 +59,12 @@ def load_report(model_dir: str) -> dict | None:
 
 
 def write_report(path: str, report: dict):
-    """Writes report.json at `path` and its Markdown twin beside it (.md)."""
+    """Writes report.json at `path` and its Markdown twin beside it (.md), with the verdict
+    (QAT vs PTQ, `tfqat.evaluate.verdict`) when the report has the rows it compares."""
+    report.pop("verdict", None)
+    verdict = compute_verdict(report, os.path.dirname(os.path.abspath(path)))
+    if verdict:
+        report["verdict"] = verdict
     atomic_write(path, json.dumps(report, indent=1))
     atomic_write(os.path.splitext(path)[0] + ".md", report_markdown(report))
 
@@ -89,4 +95,6 @@ def report_markdown(report: dict) -> str:
             f"| {a['name']} | {a['format']} | {a['precision']} | {a['size_bytes']} | "
             f"{a['gzip_bytes']} | {a['sparsity']:.3f} | {metrics} |"
         )
+    if "verdict" in report:
+        lines += ["", verdict_line(report["verdict"])]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,8 @@ are identical. For "prune_preserve", rebuild from the pruned float weights (not 
 model): TF-MOT takes the zero mask from the weights at `quantize` time, as a constant.
 `model.save("x.h5")` + `load_qat_model` also round-trip exactly, but a reloaded
 "prune_preserve" model has plain weight quantizers (fine for export, not for more training).
+Likewise a cloned or reloaded model has TF-MOT's moving-average activation quantizers, whatever
+`activation_quantizer` made it: the range variables and the inference graph are the same.
 The Keras v3 ".keras" format fails in TF-MOT 0.8.1 ("expected 4 variables, but received 5").
 """
 
@@ -42,6 +44,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_transforms as _transforms,
 )
 
+from tfqat.optimize.qat_schedule import check_activation_quantizer, install_activation_quantizers
 from tfqat.tf_compat import keras
 
 __all__ = [
@@ -260,18 +263,24 @@ def qat_scope(*custom_objects):
     return _q.quantize_scope(*custom_objects)
 
 
-def quantize(model: keras.Model, scheme: str = "default") -> keras.Model:
+def quantize(
+    model: keras.Model, scheme: str = "default", activation_quantizer: str = "moving_average"
+) -> keras.Model:
     """Returns the QAT version of a float model (a new model; `model` is left as it is).
 
     Args:
       model: a flat functional tf_keras model (for "prune_preserve": pruned and stripped).
       scheme: "default" (TF-MOT's 8-bit scheme, per-channel conv weights) or "prune_preserve"
         (the same, with weight quantizers that keep a pruned kernel's zeros at zero).
+      activation_quantizer: how activation ranges follow training, a key of
+        `qat_schedule.ACTIVATION_QUANTIZERS`; their updates can be frozen
+        (`qat_schedule.freeze_activation_ranges`).
 
     The layer names gain TF-MOT's "quant_" prefix (outputs "quant_box_p3", ...). Weight and
     activation ranges start at TF-MOT's [-6, 6]: call `calibrate` (or train) before converting.
     """
     quantize_scheme = _make_scheme(scheme)
+    check_activation_quantizer(activation_quantizer)
     check_quantizable(model, scheme)
     registry = quantize_scheme.get_quantize_registry()
 
@@ -285,7 +294,9 @@ def quantize(model: keras.Model, scheme: str = "default") -> keras.Model:
 
     with qat_scope():
         annotated = keras.models.clone_model(model, clone_function=annotate)
-        return _q.quantize_apply(annotated, quantize_scheme)
+        qat_model = _q.quantize_apply(annotated, quantize_scheme)
+    install_activation_quantizers(qat_model, activation_quantizer)
+    return qat_model
 
 
 def load_qat_model(path: str, custom_objects=None) -> keras.Model:

@@ -137,3 +137,13 @@ def pruning_options(fv):
         exclude=tuple(fv.prune_exclude),
         m_by_n=m_by_n,
     )
+
+
+def qat_options(fv):
+    from tfqat.optimize.qat_schedule import QatOptions
+
+    return QatOptions(
+        activation_quantizer=fv.qat_activation_quantizer,
+        freeze_bn_after=fv.qat_freeze_bn_after,
+        freeze_ranges_after=fv.qat_freeze_ranges_after,
+    )

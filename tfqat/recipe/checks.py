@@ -130,6 +130,8 @@ def numeric_rules(fv) -> dict[str, Range]:
             qat_lr=POSITIVE,
             calibration_images=AT_LEAST_ONE,
             min_output_levels=Range(1, 256),
+            qat_freeze_bn_after=Range(0, 1),
+            qat_freeze_ranges_after=Range(0, 1),
         )
     if "prune" in fv.stages:
         rules.update(
@@ -208,6 +210,14 @@ def check_distribution(fv):
         )
     if fv.collective_timeout not in POSITIVE:
         raise app.UsageError(f"--collective_timeout={fv.collective_timeout} must be {POSITIVE}")
+    quantizes = "qat" in fv.stages or "pqat" in fv.stages
+    if fv.strategy != "default" and quantizes and fv.qat_activation_quantizer != "moving_average":
+        # TF-MOT assigns these ranges in replica context without averaging them: each replica
+        # would keep the range of its own batches.
+        raise app.UsageError(
+            f"--qat_activation_quantizer={fv.qat_activation_quantizer} keeps one range per "
+            f"replica under --strategy={fv.strategy}; use moving_average (averaged over replicas)"
+        )
     if fv.strategy != "multi_worker":
         if fv["cluster_resolver"].present:
             raise app.UsageError("--cluster_resolver needs --strategy=multi_worker")

@@ -74,6 +74,28 @@ def define_flags(fv: flags.FlagValues):
         "Peak learning rate of the QAT or PQAT stage (and float_reference).",
         flag_values=fv,
     )
+    flags.DEFINE_enum(
+        "qat_activation_quantizer",
+        "moving_average",
+        ["moving_average", "last_value", "all_values"],
+        "QAT activation ranges: TF-MOT's MovingAverageQuantizer (EMA of each batch's min/max), "
+        "LastValueQuantizer (each batch's) or AllValuesQuantizer (over every batch).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "qat_freeze_bn_after",
+        1.0,
+        "Fraction of the QAT or PQAT stage's steps after which batch norm uses and keeps its "
+        "moving statistics (1: never).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "qat_freeze_ranges_after",
+        1.0,
+        "Fraction of the QAT or PQAT stage's steps after which activation ranges stop "
+        "updating (1: never).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer(
         "prune_epochs",
         3,

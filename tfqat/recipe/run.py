@@ -20,6 +20,7 @@ def run_recipe(
     calibration_images=64,
     min_output_levels=32,
     pruning=None,
+    qat_options=None,
     distribution=None,
 ):
     """Trains every stage, then evaluates (and, after QAT, exports) what they produced.
@@ -28,7 +29,14 @@ def run_recipe(
     the chief evaluates, exports and reports (the others return None).
     """
     trained = run_stages(
-        task, model_dir, stages, init_checkpoint, calibration_images, pruning, distribution
+        task,
+        model_dir,
+        stages,
+        init_checkpoint,
+        calibration_images,
+        pruning,
+        qat_options,
+        distribution,
     )
     if distribution is not None and not distribution.is_chief:
         return None

@@ -10,7 +10,7 @@ from tfqat.data.images import decode_image
 from tfqat.data.letterbox import letterboxed_batches
 from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.postprocess import detection as post
-from tfqat.postprocess.metrics import coco_metrics
+from tfqat.postprocess.metrics import IOU_TYPES, METRIC_NAMES, coco_metrics
 from tfqat.tasks.common import input_shard, keras_predict_fn, write_validation
 
 
@@ -31,8 +31,8 @@ class DetectionConfig:
 
 class DetectionTask:
     name = "detection"
-    iou_type = "bbox"
-    primary_metric = "mAP50_95"
+    iou_type = IOU_TYPES["detection"]
+    primary_metric = METRIC_NAMES[iou_type][0]
     # Outputs the int8 export validator requires to vary (scores, not box distributions).
     score_output_names = tuple(n for n in OUTPUT_NAMES if n.startswith("cls_"))
 

@@ -14,7 +14,7 @@ from tfqat.data.coco import CocoDataset
 from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
 from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.postprocess import pose as post
-from tfqat.postprocess.metrics import coco_metrics
+from tfqat.postprocess.metrics import IOU_TYPES, METRIC_NAMES, coco_metrics
 from tfqat.tasks.common import input_shard, keras_predict_fn, write_validation
 from tfqat.tf_compat import tf
 
@@ -45,8 +45,8 @@ class PoseConfig:
 
 class PoseTask:
     name = "pose"
-    iou_type = "keypoints"
-    primary_metric = "AP"
+    iou_type = IOU_TYPES["pose"]
+    primary_metric = METRIC_NAMES[iou_type][0]
     score_output_names = OUTPUT_NAMES  # the heatmaps are the scores
 
     def __init__(self, config: PoseConfig, train: CocoDataset, val: CocoDataset):

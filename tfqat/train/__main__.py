@@ -91,6 +91,7 @@ def main(argv):
             FLAGS.calibration_images,
             FLAGS.min_output_levels,
             build.pruning_options(FLAGS),
+            build.qat_options(FLAGS),
             distribution,
         )
 

@@ -5,6 +5,7 @@ knows nothing of detection or pose.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -155,6 +156,7 @@ def fit(
     distribution: Distribution | None = None,
     verbose=1,
     epoch_summaries=None,
+    step_hook=None,
 ):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
@@ -163,7 +165,9 @@ def fit(
     epochs' order; under a strategy (`distribution`, whose scope built `model`) each input
     pipeline gets its `tf.distribute.InputContext` and its part of the data.
     `epoch_summaries(model, step, writer)`, if given, writes stage-specific TensorBoard data
-    after every epoch.
+    after every epoch. `step_hook(model, step)`, if given, runs before every training step and
+    returns True when it changed the model in a way the traced step cannot see (Python state,
+    e.g. `tfqat.optimize.qat_schedule`'s freezes): the step is then traced again.
     Returns the EMA model (what gets evaluated and exported; outside any strategy), steps,
     seconds and the COCO results of the last-epoch validation (None if the stage had finished
     before). Checkpoints go to `model_dir/checkpoints/<stage>/` at the end of every epoch; an
@@ -206,6 +210,9 @@ def fit(
 
     train_writer, val_writer = summary_writers(model_dir, config.name, distribution)
     step_fn = make_train_step(task, model, optimizer, ema, distribution)
+    if step_hook:
+        retrace = functools.partial(make_train_step, task, model, optimizer, ema, distribution)
+        step_fn = _hooked_step(retrace, model, optimizer, step_hook)
     iterator = iter(distribution.dataset(train_ds, start_epoch))
     if start_epoch == 0 and chief:
         _write_graph(train_writer, local or model)
@@ -312,6 +319,19 @@ def make_train_step(task, model, optimizer, ema, distribution: Distribution | No
         if finite:
             distribution.run(replica_update, (grads,))
         return losses
+
+    return step
+
+
+def _hooked_step(make_step, model, optimizer, step_hook):
+    """The training step, traced again whenever `step_hook(model, step)` says it changed the
+    model."""
+    traced = [make_step()]
+
+    def step(images, targets):
+        if step_hook(model, int(optimizer.iterations.numpy())):
+            traced[0] = make_step()
+        return traced[0](images, targets)
 
     return step
 

@@ -28,11 +28,13 @@ def run_stages(
     init_checkpoint=None,
     calibration_images=64,
     pruning=None,
+    qat_options=None,
     distribution: Distribution | None = None,
 ) -> TrainedStages:
     """Trains every stage; each resumes from its own checkpoints under model_dir.
 
-    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one. Under
+    `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one,
+    `qat_options` (qat_schedule.QatOptions; default: its defaults) the QAT or PQAT stage. Under
     `distribution` every stage's model is built in its scope; the models returned are outside
     it (`Distribution.local_copy`), ready to evaluate and export.
     """
@@ -52,7 +54,7 @@ def run_stages(
             )
     records = []
 
-    def train(stage_name, stage_model, epoch_summaries=None) -> StageResult:
+    def train(stage_name, stage_model, epoch_summaries=None, step_hook=None) -> StageResult:
         result = fit(
             task,
             stage_model,
@@ -61,6 +63,7 @@ def run_stages(
             model_dir,
             distribution=distribution,
             epoch_summaries=epoch_summaries,
+            step_hook=step_hook,
         )
         records.append(
             {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -78,18 +81,23 @@ def run_stages(
     if quantize_stage is None:
         return TrainedStages(trained, records, None)
     from tfqat.optimize import qat, ranges
+    from tfqat.optimize.qat_schedule import QatOptions
 
+    options = qat_options or QatOptions()
     calibration = task.preprocessed_images(calibration_images)
     base = float_stage.model
     if "prune" in by_name:
         base = train_pruned(train, base, pruning, by_name["prune"].total_steps, distribution)
     with qat.qat_scope():
         with distribution.scope():
-            qat_model = qat.quantize(clone_with_weights(base), QAT_SCHEMES[quantize_stage])
+            qat_model = qat.quantize(
+                clone_with_weights(base), QAT_SCHEMES[quantize_stage], options.activation_quantizer
+            )
             # Every worker calibrates on the same images (`base` is outside the strategy), so
             # the ranges start equal everywhere.
             ranges.calibrate(qat_model, base, calibration)
-        trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries)
+        hook = options.step_hook(quantize_stage, by_name[quantize_stage].total_steps)
+        trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries, hook)
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
         if name in by_name:
