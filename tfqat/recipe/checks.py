@@ -208,6 +208,8 @@ def check_distribution(fv):
         raise app.UsageError(
             f"--cpu_replicas={fv.cpu_replicas} splits the CPU for --strategy=mirrored only"
         )
+    # On a machine without GPUs, known before TensorFlow starts (checked again once it has).
+    check_batch_split(fv.batch_size, fv.cpu_replicas)
     if fv.collective_timeout not in POSITIVE:
         raise app.UsageError(f"--collective_timeout={fv.collective_timeout} must be {POSITIVE}")
     quantizes = "qat" in fv.stages or "pqat" in fv.stages
