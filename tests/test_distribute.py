@@ -20,7 +20,7 @@ WORKER_TIMEOUT = 1800
 # Relative difference of the first losses, mirrored over 2 logical CPUs vs one device (the
 # README's numbers: tools/compare_mirrored.py). Frozen batch norm: float rounding only; per
 # replica: each replica's batch statistics come from 4 images instead of 8.
-FROZEN_BATCHNORM_TOLERANCE = 1e-4
+FROZEN_BATCHNORM_TOLERANCE = 1e-5
 PER_REPLICA_BATCHNORM_TOLERANCE = 0.25
 FINGERPRINT = re.compile(r"^\[(\w+)\] EMA weights sha256 ([0-9a-f]{64})$", re.M)
 
