@@ -265,4 +265,6 @@ def test_export_and_tool_mistakes(broken, smoke_yolo_run, tmp_path):
     assert_one_line(result, "compare_pruned.py", 1, f"--pruned={pruned}: not a valid .tflite")
     result = run(f"{TOOLS}/benchmark.py", f"--model_dir={broken / 'not_a_run'}")
     assert_one_line(result, "benchmark.py", 1, "is not a tfqat run (no flags.txt)")
+    result = run(f"{TOOLS}/benchmark_pipeline.py", f"--train_annotations={annotations}")
+    assert_one_line(result, "benchmark_pipeline.py", 2, "give both --train_annotations and")
     assert not output.exists()

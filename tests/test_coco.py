@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from tfqat.data.coco import DatasetError, image_files, load_coco
-from tfqat.data.images import decode_image
+from tfqat.data.images import decode_image, decoded_size
 
 REPO = Path(__file__).resolve().parents[1]
 ANN_FILE = "instances_val.json"
@@ -126,6 +126,7 @@ def test_decode_image_gives_rgb_uint8(tmp_path, file_name, mode):
     image = decode_image(str(path))
     assert image.shape == (24, 32, 3) and image.dtype == np.uint8
     assert image.flags.writeable
+    assert decoded_size(str(path)) == (32, 24)
 
 
 def test_loads_every_image_mode_and_subfolders(tmp_path):
@@ -500,9 +501,9 @@ def count_decodes(monkeypatch):
 
     def counting_decode(path, exif_transpose=False):
         calls.append(path)
-        return decode_image(path, exif_transpose)
+        return decoded_size(path, exif_transpose)
 
-    monkeypatch.setattr(image_files, "decode_image", counting_decode)
+    monkeypatch.setattr(image_files, "decoded_size", counting_decode)
     return calls
 
 

@@ -109,6 +109,52 @@ def test_detection_pipeline_is_deterministic(tmp_path):
         np.testing.assert_allclose(a, b)
 
 
+def _uses_memory_cache(ds) -> bool:
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    return any(node.op.startswith("CacheDataset") for node in graph.node)
+
+
+def test_images_are_cached_at_or_below_the_limit_and_streamed_above(tmp_path):
+    ds = _rectangles_dataset(tmp_path)  # 4 images
+    # 4 x 256 x 341 x 3 bytes is just below 1 MiB, 4 x 256 x 342 x 3 just above.
+    assert pipeline.fits_memory_cache(ds, (256, 341), 1)
+    assert not pipeline.fits_memory_cache(ds, (256, 342), 1)
+    for limit, cached in ((1, True), (0, False)):
+        data = pipeline.detection_dataset(ds, (64, 64), 4, training=True, memory_cache_mb=limit)
+        assert _uses_memory_cache(data) == cached
+
+
+def _batches(ds, count, **kwargs):
+    tf.keras.utils.set_random_seed(5)  # what tfqat.train does at start
+    data = pipeline.detection_dataset(ds, (64, 64), 4, training=True, **kwargs)
+    return [(images.numpy(), t["boxes"].numpy()) for images, t in data.take(count)]
+
+
+def test_streamed_batches_equal_cached_batches(tmp_path):
+    ds = _rectangles_dataset(tmp_path, n=8)
+    cached = _batches(ds, 6, seed=5)  # three epochs, augmented
+    streamed = _batches(ds, 6, seed=5, memory_cache_mb=0)
+    for (cached_images, cached_boxes), (images, boxes) in zip(cached, streamed):
+        np.testing.assert_array_equal(images, cached_images)
+        np.testing.assert_array_equal(boxes, cached_boxes)
+
+
+def test_streamed_order_is_reshuffled_every_epoch_and_per_start_epoch(tmp_path):
+    ds = _rectangles_dataset(tmp_path, n=8)
+
+    def epoch_orders(seed):
+        batches = _batches(ds, 6, seed=seed, augment=False, memory_cache_mb=0)
+        boxes = np.concatenate([b for _, b in batches])[:, 0]
+        return [tuple(map(tuple, boxes[i : i + 8])) for i in (0, 8, 16)]
+
+    orders = epoch_orders(1000)  # DetectionTask.train_dataset(0) of seed 1
+    assert all(sorted(order) == sorted(orders[0]) for order in orders)  # each epoch: every image
+    assert len(set(orders)) == 3
+    assert epoch_orders(1000) == orders
+    # A run resumed at epoch 1 draws the seed of its start epoch: no replay of epoch 0's order.
+    assert epoch_orders(1001)[0] not in orders
+
+
 def test_tiny_boxes_after_letterbox_are_dropped_and_counted(tmp_path):
     ds = _rectangles_dataset(tmp_path)
     _, classes, dropped = pipeline.detection_targets(ds, (64, 64), min_box_size=1000)

@@ -79,6 +79,7 @@ def test_harmless_differences_pass(run, monkeypatch):
         "--name=another_name",
         "--eval_every=5",
         "--min_output_levels=8",
+        "--memory_cache_mb=0",  # streamed instead of cached: the same batches
     )
     assert run_dir.flag_differences(run_dir.read_flags(str(run)), new) == []
 

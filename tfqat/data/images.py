@@ -3,6 +3,7 @@ pipelines and the tools: numpy + PIL only (no TensorFlow)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -34,11 +35,24 @@ def decode_image(path: str, exif_transpose: bool = False) -> np.ndarray:
     EXIF orientation is ignored unless `exif_transpose` (as TensorFlow's decoders and COCO's
     declared sizes do). Truncated files raise unless PIL's LOAD_TRUNCATED_IMAGES was switched on.
     """
+    with _decoded_rgb(path, exif_transpose) as img:
+        return np.array(img, dtype=np.uint8)
+
+
+def decoded_size(path: str, exif_transpose: bool = False) -> tuple[int, int]:
+    """(width, height) of what `decode_image` returns, decoded in full as it does (a truncated or
+    undecodable file raises) but without the copy into numpy, which holds the GIL."""
+    with _decoded_rgb(path, exif_transpose) as img:
+        return img.size
+
+
+@contextlib.contextmanager
+def _decoded_rgb(path: str, exif_transpose: bool):
     with Image.open(path) as img:
         img.load()
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
-        return np.array(_to_rgb(img), dtype=np.uint8)
+        yield _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

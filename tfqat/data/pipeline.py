@@ -13,8 +13,9 @@ from tfqat.data.letterbox import boxes_to_input, letterbox_image, letterbox_para
 from tfqat.tf_compat import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Decoded, letterboxed images are cached in memory when they fit in this many bytes.
-MEMORY_CACHE_LIMIT = 4 << 30
+# Decoded, letterboxed detection images are cached in memory when they fit in this many MiB
+# (the recipe's --memory_cache_mb); a larger set streams from disk.
+DEFAULT_MEMORY_CACHE_MB = 4096
 
 
 def _deterministic_options() -> tf.data.Options:
@@ -51,10 +52,16 @@ def detection_targets(dataset: CocoDataset, input_size, min_box_size: float = 1.
     return boxes, classes, dropped
 
 
-def _letterboxed_images(dataset: CocoDataset, input_size):
-    """A dataset of letterboxed uint8 images, in sample order, decoded in parallel."""
+def fits_memory_cache(dataset: CocoDataset, input_size, memory_cache_mb: int) -> bool:
+    """Whether the set's letterboxed uint8 images fit in `memory_cache_mb` MiB."""
     height, width = input_size
-    paths = [s.path for s in dataset.samples]
+    return len(dataset.samples) * height * width * 3 <= memory_cache_mb << 20
+
+
+def _letterbox_loader(dataset: CocoDataset, input_size):
+    """A tf.data map function: path -> letterboxed uint8 image [H,W,3], by the numpy/PIL
+    functions evaluation and the runtime use."""
+    height, width = input_size
 
     def load(path):
         image = decode_image(path.decode(), exif_transpose=dataset.exif_transpose)
@@ -64,12 +71,36 @@ def _letterboxed_images(dataset: CocoDataset, input_size):
         image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
         return tf.ensure_shape(image, (height, width, 3))
 
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
-        load_tf, num_parallel_calls=AUTOTUNE, deterministic=True
+    return load_tf
+
+
+def _images_and_targets(
+    dataset: CocoDataset, input_size, targets, *, training: bool, seed: int, cache: bool
+):
+    """(letterboxed image, targets) in sample order, or in training reshuffled every epoch
+    from `seed` and repeated.
+
+    Cached: every image is decoded once into memory and the decoded images are shuffled.
+    Streamed: the paths and targets are shuffled (a full shuffle of small elements), then
+    decoded in parallel, so only the images in flight and prefetched are in memory. A shuffle's
+    order depends only on its seed and buffer size, so both give the same stream.
+    """
+    paths = tf.data.Dataset.from_tensor_slices([s.path for s in dataset.samples])
+    targets = tf.data.Dataset.from_tensor_slices(targets)
+    load = _letterbox_loader(dataset, input_size)
+
+    def shuffled(ds):
+        if not training:
+            return ds
+        ds = ds.shuffle(len(dataset.samples), seed=seed, reshuffle_each_iteration=True)
+        return ds.repeat()
+
+    if cache:
+        images = paths.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+        return shuffled(tf.data.Dataset.zip((images, targets)))
+    return shuffled(tf.data.Dataset.zip((paths, targets))).map(
+        lambda path, target: (load(path), target), num_parallel_calls=AUTOTUNE, deterministic=True
     )
-    if len(paths) * height * width * 3 <= MEMORY_CACHE_LIMIT:
-        images = images.cache()
-    return images
 
 
 def detection_augmenter(input_size, *, seed: int, mosaic: bool, jitter=(0.75, 1.25)):
@@ -107,18 +138,19 @@ def detection_dataset(
     mosaic: bool = True,
     jitter=(0.75, 1.25),
     min_box_size: float = 1.0,
+    memory_cache_mb: int = DEFAULT_MEMORY_CACHE_MB,
 ):
     """Batches of (float32 images 0..255 [B,H,W,3], {"boxes" xyxy [B,M,4], "classes" [B,M]}).
 
     Classes are float32 class indices with -1 marking padding. In training the set repeats
-    forever, reshuffled every epoch from `seed`.
+    forever, reshuffled every epoch from `seed`. Decoded images are cached in memory when they
+    fit in `memory_cache_mb` MiB, else streamed from disk; the batches are the same either way.
     """
     boxes, classes, _ = detection_targets(dataset, input_size, min_box_size)
-    images = _letterboxed_images(dataset, input_size)
-    targets = tf.data.Dataset.from_tensor_slices((boxes, classes))
-    ds = tf.data.Dataset.zip((images, targets))
-    if training:
-        ds = ds.shuffle(len(dataset.samples), seed=seed, reshuffle_each_iteration=True).repeat()
+    cache = fits_memory_cache(dataset, input_size, memory_cache_mb)
+    ds = _images_and_targets(
+        dataset, input_size, (boxes, classes), training=training, seed=seed, cache=cache
+    )
     ds = ds.batch(batch_size, drop_remainder=training)
     max_boxes = boxes.shape[1] * (4 if training and augment and mosaic else 1)
 

@@ -55,6 +55,7 @@ def _detection_task(fv, train, val):
         mosaic=fv.mosaic,
         jitter=tuple(float(v) for v in fv.jitter),
         min_box_size=fv.min_box_size,
+        memory_cache_mb=fv.memory_cache_mb,
         seed=fv.seed,
     )
     return DetectionTask(config, train, val)

@@ -173,6 +173,14 @@ def define_flags(fv: flags.FlagValues):
         "Boxes narrower/shorter than this many input pixels are dropped from targets.",
         flag_values=fv,
     )
+    flags.DEFINE_integer(
+        "memory_cache_mb",
+        4096,
+        "Detection: training images, decoded and letterboxed, are cached in memory when they "
+        "fit in this many MiB; a larger set streams from disk (same batches, bounded memory).",
+        lower_bound=0,
+        flag_values=fv,
+    )
     flags.DEFINE_float(
         "flip_prob",
         0.5,

@@ -12,8 +12,9 @@ from tfqat.recipe.flags import PATH_FLAGS, define_flags, recipe_flag_names
 FLAGS_FILE = "flags.txt"
 # Recipe flags a rerun may change, as none changes the trained model: --name and --model_dir only
 # locate the run directory (found already), --eval_every says when the EMA model is validated
-# (validation draws no random numbers), --min_output_levels is a threshold of the export check.
-RERUN_FREE_FLAGS = ("name", "model_dir", "eval_every", "min_output_levels")
+# (validation draws no random numbers), --min_output_levels is a threshold of the export check,
+# --memory_cache_mb says whether images are cached or streamed (the batches are the same).
+RERUN_FREE_FLAGS = ("name", "model_dir", "eval_every", "min_output_levels", "memory_cache_mb")
 # Flags that name a file or folder: the same one, spelled differently, is no difference.
 FILE_FLAGS = (*PATH_FLAGS, "init_checkpoint")
 

@@ -24,6 +24,7 @@ class DetectionConfig:
     mosaic: bool = True
     jitter: tuple = (0.75, 1.25)
     min_box_size: float = 1.0
+    memory_cache_mb: int = pipeline.DEFAULT_MEMORY_CACHE_MB
     seed: int = 0
     val_batch_size: int = 32
     summary_images: int = 4
@@ -75,6 +76,7 @@ class DetectionTask:
             mosaic=c.mosaic,
             jitter=c.jitter,
             min_box_size=c.min_box_size,
+            memory_cache_mb=c.memory_cache_mb,
         )
 
     def preprocessed_images(self, count: int, split: str = "train") -> np.ndarray:

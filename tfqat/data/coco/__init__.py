@@ -50,7 +50,7 @@ def load_coco(
     annotation_problems: str = "error",
     check_images: bool = True,
     cache_dir: str | None = None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
 ) -> CocoDataset:
     """Reads and validates a COCO instances (detection) or person_keypoints (pose) dataset.
 
@@ -62,9 +62,10 @@ def load_coco(
     Raises DatasetError with every fatal problem. Per-annotation problems (bad box or keypoints,
     unknown image or category) are fatal unless `annotation_problems="warn"`, which drops those
     annotations and records them in `warnings`. `check_images=False` trusts the declared sizes and
-    skips every image-file check.
+    skips every image-file check. Images are decoded by `num_workers` threads, by default one per
+    CPU this process may run on.
     """
-    _check_options(task, annotation_problems, num_workers)
+    num_workers = _check_options(task, annotation_problems, num_workers)
     parsed = _read_annotations(annotation_file, image_dir, task, annotation_problems)
     if check_images:
         _check_parsed_images(parsed, exif_transpose, cache_dir, num_workers)
@@ -78,13 +79,13 @@ def load_coco_splits(
     exif_transpose: bool = False,
     annotation_problems: str = "error",
     cache_dir: str | None = None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
 ) -> list[CocoDataset]:
     """`load_coco` of several (annotation file, image folder) splits, e.g. train and val, with
     every annotation file read and validated before any image is decoded: a broken val file
     stops a run before the (much larger) train set's images are checked. Raises DatasetError with
     the problems of the first split that has any."""
-    _check_options(task, annotation_problems, num_workers)
+    num_workers = _check_options(task, annotation_problems, num_workers)
     parsed = [_read_annotations(a, i, task, annotation_problems) for a, i in splits]
     for split in parsed:
         _raise_if_fatal(split)
@@ -169,11 +170,15 @@ def _dataset(parsed: _Parsed, exif_transpose: bool) -> CocoDataset:
     )
 
 
-def _check_options(task: str, annotation_problems: str, num_workers: int) -> None:
+def _check_options(task: str, annotation_problems: str, num_workers: int | None) -> int:
+    """Raises ValueError on a bad option; returns the number of image-check threads."""
     _check_choice("task", task, TASKS)
     _check_choice("annotation_problems", annotation_problems, ANNOTATION_PROBLEM_MODES)
+    if num_workers is None:
+        return len(os.sched_getaffinity(0))
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1; got {num_workers}")
+    return num_workers
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
