@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import PQAT_FLAGS, REPO, run_recipe, tensorboard_runs
 
 # Bounds every wait on a worker: far above a smoke run on 2 loaded cores.
@@ -132,6 +133,7 @@ def test_two_workers_train_prune_and_pqat_to_identical_weights(tmp_path):
     assert int8["sparsity"] > 0.3
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path):
     make_dataset_once(tmp_path)
     model_dir = tmp_path / "run"

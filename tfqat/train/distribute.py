@@ -102,7 +102,7 @@ class Distribution:
         try:
             yield
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-            if not self.distributed:
+            if not self.worker:  # not one of several workers
                 raise
             raise RunStopped(self._peer_failure(e)) from e
 

@@ -107,7 +107,7 @@ def run_stages(
 
 
 def train_pruned(train, float_model, options, stage_steps, distribution):
-    """The prune stage: `float_model` (built under the strategy) pruned to the target and
+    """The prune stage: a copy of `float_model` pruned under the strategy to the target and
     trained, returned stripped and outside the strategy.
 
     Fails (PruningTargetNotReached) rather than hand a less sparse model to PQAT.
