@@ -210,8 +210,10 @@ def check_distribution(fv):
         )
     # On a machine without GPUs, known before TensorFlow starts (checked again once it has).
     check_batch_split(fv.batch_size, fv.cpu_replicas)
-    if fv.collective_timeout not in POSITIVE:
-        raise app.UsageError(f"--collective_timeout={fv.collective_timeout} must be {POSITIVE}")
+    if fv.collective_timeout not in NON_NEGATIVE:
+        raise app.UsageError(
+            f"--collective_timeout={fv.collective_timeout} must be {NON_NEGATIVE} (0: no limit)"
+        )
     quantizes = "qat" in fv.stages or "pqat" in fv.stages
     if fv.strategy != "default" and quantizes and fv.qat_activation_quantizer != "moving_average":
         # TF-MOT assigns these ranges in replica context without averaging them: each replica

@@ -50,9 +50,10 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float(
     "collective_timeout",
-    1800.0,
-    "--strategy=multi_worker: seconds an all-reduce waits for the other workers before the run "
-    "stops; must exceed the chief's longest validation, during which the others wait.",
+    0.0,
+    "--strategy=multi_worker: seconds an all-reduce may wait for the other workers before the "
+    "run stops (0: no limit; a dead worker is found by TensorFlow's heartbeats either way). "
+    "Must exceed the chief's longest validation. Costs a thread per all-reduce for that long.",
 )
 
 
