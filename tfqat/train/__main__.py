@@ -8,6 +8,7 @@ differ from its flags.txt stop the rerun unless --overwrite_flags accepts them. 
 strategy the chief alone writes the run directory; every worker resumes from its checkpoints.
 """
 
+import multiprocessing
 import os
 import sys
 
@@ -63,6 +64,11 @@ def main(argv):
     check_recipe(FLAGS)
     check_distribution(FLAGS)
     from tfqat.train.distribute import make_strategy
+
+    if FLAGS.strategy == "multi_worker":
+        # A forked child of a worker (OpenVINO's telemetry sends each event from one) can
+        # deadlock on a lock that a gRPC thread held at the fork, and Python's exit waits for it.
+        multiprocessing.set_start_method("spawn", force=True)
 
     # Before any other TensorFlow op, or MultiWorkerMirroredStrategy cannot start.
     distribution = make_strategy(
