@@ -137,6 +137,23 @@ def test_letterbox_round_trip_through_postprocess():
     np.testing.assert_allclose(round_trip, image_boxes, atol=1e-3)
 
 
+@pytest.mark.parametrize("score_threshold", [0.001, 0.25, 0.9])
+def test_postprocess_decodes_only_candidates_with_the_same_result(score_threshold):
+    """postprocess() decodes the boxes of anchors that can pass the threshold only; its result
+    equals decode() of every anchor followed by nms()."""
+    rng = np.random.default_rng(0)
+    outs = [rng.normal(0, 3, o.shape).astype(np.float32) for o in _outputs((128, 96), 5, 2)]
+    lbs = [letterbox_params(128, 96, 128, 96)] * 2
+    got = postprocess(outs, (128, 96), lbs, [(128, 96)] * 2, score_threshold=score_threshold)
+    boxes, scores = decode(outs, (128, 96))
+    for image, (kept_boxes, kept_scores, labels) in enumerate(got):
+        want = nms(boxes[image], scores[image], score_threshold=score_threshold)
+        assert len(kept_scores) == len(want[1]) > 0
+        np.testing.assert_allclose(kept_boxes, np.clip(want[0], 0, [96, 128, 96, 128]), atol=1e-3)
+        np.testing.assert_array_equal(kept_scores, want[1])
+        np.testing.assert_array_equal(labels, want[2])
+
+
 def test_to_coco_results():
     results = to_coco_results(
         np.int64(7),

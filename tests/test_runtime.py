@@ -138,6 +138,17 @@ def test_metadata_json_serves_onnx_and_openvino_files(detection, tmp_path):
 # === Runtime ===
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.float32])
+def test_uint8_pixels_quantize_as_their_float_values_do(dtype):
+    from tfqat.runtime.pixels import quantize_pixels
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    fast = quantize_pixels(pixels, dtype)
+    reference = quantize_pixels(pixels.astype(np.float32), dtype)
+    assert fast.dtype == reference.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast, reference)
+
+
 def test_runtime_imports_no_tensorflow():
     code = (
         "import sys\n"

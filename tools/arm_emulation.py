@@ -79,10 +79,10 @@ class RegistryUnreachable(BuildError):
 # === Cache folders ===
 
 
-def cached_folder(cache_dir: str, name: str, recipe, build) -> str:
-    """`cache_dir/arm/<name>-<hash of recipe>`, made by `build(folder)` if not there yet."""
+def cached_folder(cache_dir: str, name: str, recipe, build, group: str = "arm") -> str:
+    """`cache_dir/<group>/<name>-<hash of recipe>`, made by `build(folder)` if not there yet."""
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
-    parent = os.path.join(cache_dir, "arm")
+    parent = os.path.join(cache_dir, group)
     final = os.path.join(parent, f"{name}-{digest}")
     if os.path.isdir(final):
         return final

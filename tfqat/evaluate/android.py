@@ -6,42 +6,13 @@ rest, and its boxes are mapped back through the letterbox, so the only differenc
 `tflite_int8` + our post-processor is the in-graph decode and NMS.
 """
 
-import time
-
 import numpy as np
 
 from tfqat.data.letterbox import boxes_to_image, letterboxed_batches
+from tfqat.evaluate.timing import cpu_description, interleaved_times, time_summary
 from tfqat.postprocess.detection import to_coco_results
 from tfqat.runtime.android import AndroidDetector
 from tfqat.runtime.tflite import TFLiteRunner
-
-
-def interleaved_median_ms(calls: dict, rounds: int = 200, warmup: int = 10) -> dict:
-    """{name: median ms} of zero-argument callables timed call by call, in turns, so load
-    from other processes hits them alike."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: round(1e3 * float(np.median(t)), 3) for name, t in times.items()}
-
-
-def _cpu() -> str:
-    """The CPU's model name and the ISA extensions that decide int8 speed."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return "unknown CPU"
-    name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
-    flags = next((x.split(":", 1)[1].split() for x in lines if x.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return f"{name} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def android_latency(
@@ -60,7 +31,7 @@ def android_latency(
         boxes, scores = decode(int8(image), android.input_size)
         nms(boxes[0], scores[0])
 
-    medians = interleaved_median_ms(
+    times = interleaved_times(
         {
             "tflite_int8_android": lambda: android.detect(image),
             "tflite_int8_numpy_postprocess": int8_with_numpy_postprocess,
@@ -69,10 +40,10 @@ def android_latency(
         rounds=rounds,
     )
     return {
-        "median_ms": medians,
+        "median_ms": {name: round(time_summary(t)["median_ms"], 3) for name, t in times.items()},
         "threads": threads,
         "runtime": "ai_edge_litert, XNNPACK",
-        "cpu": _cpu(),
+        "cpu": cpu_description(),
     }
 
 

@@ -59,7 +59,7 @@ def fail_on(problems):
         )
 
 
-def _file_bytes(path) -> bytes:
+def artifact_bytes(path) -> bytes:
     """The bytes that make the artifact: an IR's .xml and its .bin."""
     paths = [path, os.path.splitext(path)[0] + ".bin"] if path.endswith(".xml") else [path]
     data = b""
@@ -109,7 +109,7 @@ def evaluate_exported(task, path, report_dir, predictions_dir=None, kind=None):
         path,
         fmt,
         precision,
-        _file_bytes(path),
+        artifact_bytes(path),
         file_kernel_sparsity(path),
         report_dir,
         android_results(AndroidDetector(path), task.val_set) if android else None,

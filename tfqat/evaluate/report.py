@@ -4,6 +4,7 @@ No TensorFlow."""
 
 import gzip
 import json
+import lzma
 import os
 
 import numpy as np
@@ -14,6 +15,18 @@ from tfqat.fileio import atomic_write
 
 def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9))
+
+
+def compressed_sizes(data: bytes) -> dict:
+    """Bytes of a file raw and as app stores and OTA updates ship it: gzip -9, xz -9, zstd -19."""
+    import zstandard
+
+    return {
+        "raw": len(data),
+        "gzip": gzip_size(data),
+        "xz": len(lzma.compress(data, preset=9)),
+        "zstd": len(zstandard.ZstdCompressor(level=19).compress(data)),
+    }
 
 
 def zero_fraction(arrays) -> float:

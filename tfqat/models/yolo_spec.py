@@ -4,6 +4,8 @@ Shared by the model builder (`tfqat.models.yolo`), the loss, the recipe check an
 post-processor that runs on devices without TensorFlow, so nothing here may import TensorFlow.
 """
 
+import functools
+
 import numpy as np
 
 STRIDES = (8, 16, 32)
@@ -39,6 +41,13 @@ def check_input_size(input_size) -> tuple[int, int]:
 
 
 def make_anchors(input_size, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor centres in input pixels and their strides, in the order of the flattened outputs
+    (see `_anchors`); read-only arrays, computed once per input size."""
+    return _anchors(check_input_size(input_size), tuple(strides))
+
+
+@functools.lru_cache(maxsize=8)
+def _anchors(input_size, strides) -> tuple[np.ndarray, np.ndarray]:
     """Anchor centres in input pixels and their strides, in the order of the flattened outputs.
 
     Levels follow `strides`; within a level anchors are row-major (y, then x), as a reshape of an
@@ -57,4 +66,7 @@ def make_anchors(input_size, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
         grid_x, grid_y = np.meshgrid(xs, ys)
         points.append(np.stack([grid_x.ravel(), grid_y.ravel()], axis=-1))
         anchor_strides.append(np.full(grid_x.size, s, np.float32))
-    return np.concatenate(points).astype(np.float32), np.concatenate(anchor_strides)
+    arrays = np.concatenate(points).astype(np.float32), np.concatenate(anchor_strides)
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays

@@ -63,6 +63,14 @@ def decode(outputs, input_size, reg_max=16, strides=STRIDES):
       boxes: float32 [B, A, 4] xyxy in model-input pixels.
       scores: float32 [B, A, num_classes], after sigmoid.
     """
+    box_logits, cls_logits = _head_logits(outputs, input_size, reg_max, strides)
+    points, anchor_strides = make_anchors(check_input_size(input_size), strides)
+    return _boxes(box_logits, points, anchor_strides), _sigmoid(cls_logits)
+
+
+def _head_logits(outputs, input_size, reg_max, strides):
+    """Every level's outputs concatenated over anchors: box logits [B, A, 4, reg_max] and class
+    logits [B, A, C], float32."""
     height, width = check_input_size(input_size)
     tensors = [t if t.ndim == 4 else t[None] for t in _ordered_outputs(outputs)]
     box_levels, cls_levels = [], []
@@ -79,12 +87,24 @@ def decode(outputs, input_size, reg_max=16, strides=STRIDES):
         box_levels.append(box.reshape(batch, -1, 4, reg_max))
         cls_levels.append(cls.reshape(batch, -1, cls.shape[-1]))
     box_logits = np.concatenate(box_levels, axis=1).astype(np.float32)
-    distances = _softmax(box_logits) @ np.arange(reg_max, dtype=np.float32)  # [B, A, 4]
-    points, anchor_strides = make_anchors((height, width), strides)
+    return box_logits, np.concatenate(cls_levels, axis=1).astype(np.float32)
+
+
+def _boxes(box_logits, points, anchor_strides):
+    """Distribution-focal box logits [..., A, 4, reg_max] -> xyxy boxes [..., A, 4]."""
+    reg_max = box_logits.shape[-1]
+    distances = _softmax(box_logits) @ np.arange(reg_max, dtype=np.float32)
     distances *= anchor_strides[:, None]
-    boxes = np.concatenate([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
-    scores = _sigmoid(np.concatenate(cls_levels, axis=1).astype(np.float32))
-    return boxes, scores
+    return np.concatenate([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
+
+
+def _candidate_anchors(cls_logits, score_threshold):
+    """Anchors whose best class may score above `score_threshold`: sigmoid(x) > t exactly when
+    x > log(t / (1 - t)); a small margin keeps every anchor the float32 sigmoid could pass, and
+    nms() applies the threshold itself. Decoding only these anchors' boxes is what makes a
+    deployment threshold (0.25) cheap: the box softmax is most of the decode's time."""
+    t = min(max(float(score_threshold), 1e-7), 1 - 1e-7)
+    return np.nonzero(cls_logits.max(axis=-1) > np.log(t / (1 - t)) - 1e-3)[0]
 
 
 def _greedy_nms(boxes, iou_threshold, max_keep):
@@ -171,19 +191,21 @@ def postprocess(
     Returns:
       A list of B tuples (boxes [K, 4] xyxy in original image pixels, scores [K], labels [K]).
     """
-    boxes, scores = decode(outputs, input_size, reg_max, strides)
-    if not len(letterboxes) == len(image_sizes) == len(boxes):
+    box_logits, cls_logits = _head_logits(outputs, input_size, reg_max, strides)
+    if not len(letterboxes) == len(image_sizes) == len(box_logits):
         raise ValueError(
-            f"batch of {len(boxes)} outputs, {len(letterboxes)} letterboxes, "
+            f"batch of {len(box_logits)} outputs, {len(letterboxes)} letterboxes, "
             f"{len(image_sizes)} image sizes"
         )
+    points, anchor_strides = make_anchors(check_input_size(input_size), strides)
     results = []
-    for image_boxes, image_scores, lb, (height, width) in zip(
-        boxes, scores, letterboxes, image_sizes
+    for image_box_logits, image_cls_logits, lb, (height, width) in zip(
+        box_logits, cls_logits, letterboxes, image_sizes
     ):
+        anchors = _candidate_anchors(image_cls_logits, score_threshold)
         kept_boxes, kept_scores, labels = nms(
-            image_boxes,
-            image_scores,
+            _boxes(image_box_logits[anchors], points[anchors], anchor_strides[anchors]),
+            _sigmoid(image_cls_logits[anchors]),
             iou_threshold=iou_threshold,
             score_threshold=score_threshold,
             max_detections=max_detections,

@@ -70,7 +70,7 @@ class _Predictor:
 
     def run(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
         """One model-input-sized image -> {output name: dequantized float32 [1, ...]}."""
-        outputs = self.backend(np.asarray(image_uint8, np.float32)[None])
+        outputs = self.backend(np.asarray(image_uint8, np.uint8)[None])
         return dict(zip(self.backend.output_names, outputs))
 
 
