@@ -8,6 +8,7 @@ differ from its flags.txt stop the rerun unless --overwrite_flags accepts them. 
 strategy the chief alone writes the run directory; every worker resumes from its checkpoints.
 """
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -63,24 +64,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     check_recipe(FLAGS)
     check_distribution(FLAGS)
-    from tfqat.train.distribute import make_strategy
-
-    if FLAGS.strategy == "multi_worker":
-        # A forked child of a worker (OpenVINO's telemetry sends each event from one) can
-        # deadlock on a lock that a gRPC thread held at the fork, and Python's exit waits for it.
-        multiprocessing.set_start_method("spawn", force=True)
-
-    # Before any other TensorFlow op, or MultiWorkerMirroredStrategy cannot start.
-    distribution = make_strategy(
-        FLAGS.strategy, FLAGS.cluster_resolver, FLAGS.cpu_replicas, FLAGS.collective_timeout
-    )
-    check_batch_split(FLAGS.batch_size, distribution.replicas)
+    distribution = start_distribution() if FLAGS.strategy != "default" else None
     model_dir = os.path.abspath(FLAGS.model_dir or os.path.join("runs", FLAGS.name))
     run_dir.check_rerun(FLAGS, model_dir, FLAGS.overwrite_flags)
     paths = build.dataset_paths(FLAGS)
     # Both annotation files, then every image: nothing is written before the datasets are valid.
     datasets = build.load_datasets(FLAGS, paths)
-    if distribution.is_chief:
+    if distribution is None or distribution.is_chief:
         os.makedirs(model_dir, exist_ok=True)
         run_dir.write_flags(FLAGS, model_dir)
 
@@ -88,7 +78,7 @@ def main(argv):
 
     from tfqat.recipe.run import run_recipe
 
-    with distribution.stop_on_peer_failure():
+    with distribution.stop_on_peer_failure() if distribution else contextlib.nullcontext():
         run_recipe(
             task,
             model_dir,
@@ -101,6 +91,22 @@ def main(argv):
             build.qat_options(FLAGS),
             distribution,
         )
+
+
+def start_distribution():
+    """The Distribution of --strategy, before any other TensorFlow op (or MultiWorkerMirrored-
+    Strategy cannot start). --strategy=default needs none: mistakes found later stay one line."""
+    from tfqat.train.distribute import make_strategy
+
+    if FLAGS.strategy == "multi_worker":
+        # A forked child of a worker (OpenVINO's telemetry sends each event from one) can
+        # deadlock on a lock that a gRPC thread held at the fork, and Python's exit waits for it.
+        multiprocessing.set_start_method("spawn", force=True)
+    distribution = make_strategy(
+        FLAGS.strategy, FLAGS.cluster_resolver, FLAGS.cpu_replicas, FLAGS.collective_timeout
+    )
+    check_batch_split(FLAGS.batch_size, distribution.replicas)
+    return distribution
 
 
 def run():
