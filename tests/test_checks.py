@@ -11,7 +11,7 @@ from PIL import Image
 
 from tfqat.cli import InputError
 from tfqat.data.coco import DatasetError, load_coco_splits
-from tfqat.recipe.checks import Range, check_recipe
+from tfqat.recipe.checks import Range, check_recipe, check_tf_config
 from tfqat.recipe.flags import define_flags
 
 SMOKE = os.path.join(REPO, "configs", "smoke_yolo.flags")
@@ -194,3 +194,21 @@ def test_image_problems_are_found_after_both_annotation_files(tmp_path):
         cache_dir=str(tmp_path / "cache"),
     )
     assert len(train_set.samples) == len(val_set.samples) == 2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "reads the cluster from TF_CONFIG, which is not set"),
+        ("{cluster", "TF_CONFIG is not .* JSONDecodeError"),
+        ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG is not .* KeyError: 'task'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "IndexError"),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "no host:port"),
+    ],
+)
+def test_tf_config_must_name_the_cluster_and_this_task(text, message):
+    with pytest.raises(InputError, match=message):
+        check_tf_config(text)
+    check_tf_config(
+        '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
+    )

@@ -69,6 +69,15 @@ def train(tmp_path, *flags):
         (["--no_such_flag=1"], 2, "Unknown command line flag 'no_such_flag'"),
         (["--flagfile=configs/missing.flags"], 2, "Unable to open flagfile"),
         (["--init_checkpoint=/nonexistent/ckpt-1"], 1, "--init_checkpoint=/nonexistent/ckpt-1"),
+        (["--cpu_replicas=2"], 2, "--cpu_replicas=2 splits the CPU for --strategy=mirrored only"),
+        (["--cluster_resolver=slurm"], 2, "--cluster_resolver needs --strategy=multi_worker"),
+        (["--collective_timeout=-1"], 2, "--collective_timeout=-1.0 must be >= 0 (0: no limit)"),
+        (["--strategy=multi_worker"], 1, "reads the cluster from TF_CONFIG, which is not set"),
+        (
+            ["--strategy=mirrored", "--cpu_replicas=3"],
+            2,
+            "--batch_size=8 is the global batch and must be a multiple of the 3 replicas",
+        ),
     ],
 )
 def test_train_flag_mistakes(tmp_path, flags, status, fragment):

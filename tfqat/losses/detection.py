@@ -9,6 +9,7 @@ direct, static-shape port of Ultralytics' instead; CIoU comes from keras-cv.
 
 import keras_cv
 
+from tfqat.losses.normalizer import global_batch_sum
 from tfqat.models.yolo_spec import STRIDES, check_input_size
 from tfqat.models.yolo_spec import make_anchors as make_anchors_np
 from tfqat.tf_compat import tf
@@ -232,7 +233,7 @@ class YoloLoss:
             alpha=self.alpha,
             beta=self.beta,
         )
-        target_scores_sum = tf.maximum(tf.reduce_sum(target_scores), 1.0)
+        target_scores_sum = tf.maximum(global_batch_sum(tf.reduce_sum(target_scores)), 1.0)
 
         cls_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=target_scores, logits=cls_logits)
         cls_loss = tf.reduce_sum(cls_loss) / target_scores_sum

@@ -6,6 +6,7 @@ sub-pixel decoder in `tfqat.postprocess.pose` inverts it. Heatmap pixel j covers
 [j * stride, (j + 1) * stride), so its centre is at (j + 0.5) * stride in crop coordinates.
 """
 
+from tfqat.losses.normalizer import global_batch_sum
 from tfqat.tf_compat import tf
 
 __all__ = ["DEFAULT_SIGMA", "PoseLoss", "encode_heatmaps", "heatmap_size"]
@@ -76,5 +77,6 @@ class PoseLoss:
         bce -= entropy
         pixel_weight = 1.0 + (self.positive_weight - 1.0) * tf.cast(heatmaps > 0.1, tf.float32)
         per_keypoint = tf.reduce_sum(bce * pixel_weight, axis=[1, 2])  # [B, K]
-        heatmap = tf.reduce_sum(per_keypoint * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        keypoints = tf.maximum(global_batch_sum(tf.reduce_sum(weights)), 1.0)
+        heatmap = tf.reduce_sum(per_keypoint * weights) / keypoints
         return {"heatmap": heatmap, "total": heatmap}

@@ -8,6 +8,7 @@ fraction of a second, and its line is all the command prints.
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -194,6 +195,72 @@ def _pair(name: str, values: list[str], kind, shape: str) -> tuple:
         kind_name = "integers" if kind is int else "numbers"
         raise app.UsageError(f"--{name}={','.join(values)} must be {shape}, two {kind_name}")
     return pair
+
+
+# === Devices ===
+
+
+def check_distribution(fv):
+    """The flags of `python -m tfqat.train` that spread a run over devices (not recipe flags)."""
+    if fv.cpu_replicas < 1:
+        raise app.UsageError(f"--cpu_replicas={fv.cpu_replicas} must be >= 1")
+    if fv.cpu_replicas > 1 and fv.strategy != "mirrored":
+        raise app.UsageError(
+            f"--cpu_replicas={fv.cpu_replicas} splits the CPU for --strategy=mirrored only"
+        )
+    # On a machine without GPUs, known before TensorFlow starts (checked again once it has).
+    check_batch_split(fv.batch_size, fv.cpu_replicas)
+    if fv.collective_timeout not in NON_NEGATIVE:
+        raise app.UsageError(
+            f"--collective_timeout={fv.collective_timeout} must be {NON_NEGATIVE} (0: no limit)"
+        )
+    quantizes = "qat" in fv.stages or "pqat" in fv.stages
+    if fv.strategy != "default" and quantizes and fv.qat_activation_quantizer != "moving_average":
+        # TF-MOT assigns these ranges in replica context without averaging them: each replica
+        # would keep the range of its own batches.
+        raise app.UsageError(
+            f"--qat_activation_quantizer={fv.qat_activation_quantizer} keeps one range per "
+            f"replica under --strategy={fv.strategy}; use moving_average (averaged over replicas)"
+        )
+    if fv.strategy != "multi_worker":
+        if fv["cluster_resolver"].present:
+            raise app.UsageError("--cluster_resolver needs --strategy=multi_worker")
+        return
+    if fv.cluster_resolver == "slurm":
+        if "SLURM_PROCID" not in os.environ:
+            raise InputError("--cluster_resolver=slurm: not inside a Slurm job (no SLURM_PROCID)")
+        return
+    check_tf_config(os.environ.get("TF_CONFIG"))
+
+
+def check_tf_config(text: str | None):
+    """TF_CONFIG, as --strategy=multi_worker reads it: a cluster, and this task in it."""
+    if not text:
+        raise InputError(
+            "--strategy=multi_worker reads the cluster from TF_CONFIG, which is not set (or give "
+            "--cluster_resolver=slurm)"
+        )
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        tasks = cluster[task["type"]]
+        address = tasks[task["index"]]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise InputError(
+            'TF_CONFIG is not {"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+            f'"worker", "index": i}}: {type(e).__name__}: {e}'
+        ) from e
+    if not isinstance(address, str) or ":" not in address:
+        raise InputError(f"TF_CONFIG: task {task['type']} {task['index']} has no host:port")
+
+
+def check_batch_split(batch_size: int, replicas: int):
+    """--batch_size is the global batch: it must split evenly over the replicas."""
+    if batch_size % replicas:
+        raise app.UsageError(
+            f"--batch_size={batch_size} is the global batch and must be a multiple of the "
+            f"{replicas} replicas"
+        )
 
 
 # === Paths ===

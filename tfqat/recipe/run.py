@@ -21,11 +21,25 @@ def run_recipe(
     min_output_levels=32,
     pruning=None,
     qat_options=None,
+    distribution=None,
 ):
-    """Trains every stage, then evaluates (and, after QAT, exports) what they produced."""
+    """Trains every stage, then evaluates (and, after QAT, exports) what they produced.
+
+    Under a strategy (`distribution`, a train.distribute.Distribution) every worker trains; only
+    the chief evaluates, exports and reports (the others return None).
+    """
     trained = run_stages(
-        task, model_dir, stages, init_checkpoint, calibration_images, pruning, qat_options
+        task,
+        model_dir,
+        stages,
+        init_checkpoint,
+        calibration_images,
+        pruning,
+        qat_options,
+        distribution,
     )
+    if distribution is not None and not distribution.is_chief:
+        return None
     report = report_lib.new_report(task, paths, trained.records)
     for name, result in trained.results.items():
         # A stage that validated its final model hands over those predictions.

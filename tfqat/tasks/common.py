@@ -1,6 +1,24 @@
 """What every task shares."""
 
+import dataclasses
+
 from tfqat.tf_compat import tf
+
+
+def input_shard(dataset, global_batch: int, input_context=None):
+    """The training images and per-replica batch of one input pipeline under tf.distribute.
+
+    Pipeline i of n reads images i, i + n, i + 2n, ... of `dataset` (a CocoDataset): the workers'
+    shards are disjoint, so no two workers train on the same image in an epoch, and each decodes
+    only its own. Without `input_context` (one device): the whole set and the global batch.
+    """
+    if input_context is None:
+        return dataset, global_batch
+    shard = slice(input_context.input_pipeline_id, None, input_context.num_input_pipelines)
+    return (
+        dataclasses.replace(dataset, samples=dataset.samples[shard]),
+        input_context.get_per_replica_batch_size(global_batch),
+    )
 
 
 def keras_predict_fn(model):

@@ -11,7 +11,7 @@ from tfqat.data.letterbox import letterboxed_batches
 from tfqat.models.yolo_spec import OUTPUT_NAMES
 from tfqat.postprocess import detection as post
 from tfqat.postprocess.metrics import IOU_TYPES, METRIC_NAMES, coco_metrics
-from tfqat.tasks.common import keras_predict_fn, write_validation
+from tfqat.tasks.common import input_shard, keras_predict_fn, write_validation
 
 
 @dataclasses.dataclass
@@ -61,12 +61,15 @@ class DetectionTask:
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train_set.samples) // self.config.batch_size)
 
-    def train_dataset(self, start_epoch: int):
+    def train_dataset(self, start_epoch: int, input_context=None):
+        """The infinite training batches; under tf.distribute, one input pipeline's shard
+        (`input_shard`)."""
         c = self.config
+        images, batch_size = input_shard(self.train_set, c.batch_size, input_context)
         return pipeline.detection_dataset(
-            self.train_set,
+            images,
             c.input_size,
-            c.batch_size,
+            batch_size,
             training=True,
             seed=c.seed * 1000 + start_epoch,
             augment=c.augment,

@@ -15,7 +15,7 @@ from tfqat.losses.pose import DEFAULT_SIGMA, PoseLoss, encode_heatmaps
 from tfqat.models.pose import HEATMAP_STRIDE, OUTPUT_NAMES
 from tfqat.postprocess import pose as post
 from tfqat.postprocess.metrics import IOU_TYPES, METRIC_NAMES, coco_metrics
-from tfqat.tasks.common import keras_predict_fn, write_validation
+from tfqat.tasks.common import input_shard, keras_predict_fn, write_validation
 from tfqat.tf_compat import tf
 
 GT_COLOR = (255, 255, 255)
@@ -76,12 +76,15 @@ class PoseTask:
     def steps_per_epoch(self) -> int:
         return max(1, self._num_train_persons // self.config.batch_size)
 
-    def train_dataset(self, start_epoch: int):
+    def train_dataset(self, start_epoch: int, input_context=None):
+        """The infinite training batches; under tf.distribute, one input pipeline's shard
+        (`input_shard`: its images' persons)."""
         c = self.config
+        images, batch_size = input_shard(self.train_set, c.batch_size, input_context)
         ds = pipeline.pose_dataset(
-            self.train_set,
+            images,
             c.input_size,
-            c.batch_size,
+            batch_size,
             training=True,
             seed=c.seed * 1000 + start_epoch,
             augment=c.augment,

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -19,6 +20,12 @@ from tfqat.train.checkpoints import (
     restore_checked,
     save_checkpoint,
     stage_dir,
+)
+from tfqat.train.distribute import (
+    Distribution,
+    copy_weights,
+    summary_writer,
+    weights_fingerprint,
 )
 
 
@@ -118,7 +125,7 @@ class ModelEMA:
 
     def __init__(self, model: keras.Model, decay: float, tau: float):
         self.model = keras.models.clone_model(model)
-        self.model.set_weights(model.get_weights())
+        copy_weights(self.model, model)
         self.decay = decay
         self.tau = tau
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
@@ -146,84 +153,117 @@ def fit(
     config: StageConfig,
     model_dir: str,
     *,
+    distribution: Distribution | None = None,
     verbose=1,
     epoch_summaries=None,
     step_hook=None,
 ):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
-    `train_ds(start_epoch)` returns the (infinite) training dataset, shuffled from a seed that
-    depends on `start_epoch`, so a resumed run does not replay the first epochs' order.
+    `train_ds(start_epoch[, input_context])` returns the (infinite) training dataset, shuffled
+    from a seed that depends on `start_epoch`, so a resumed run does not replay the first
+    epochs' order; under a strategy (`distribution`, whose scope built `model`) each input
+    pipeline gets its `tf.distribute.InputContext` and its part of the data.
     `epoch_summaries(model, step, writer)`, if given, writes stage-specific TensorBoard data
     after every epoch. `step_hook(model, step)`, if given, runs before every training step and
     returns True when it changed the model in a way the traced step cannot see (Python state,
     e.g. `tfqat.optimize.qat_schedule`'s freezes): the step is then traced again.
-    Returns the EMA model (what gets evaluated and exported), steps, seconds and the COCO results
-    of the last-epoch validation (None if the stage had finished before). Checkpoints go to
-    `model_dir/checkpoints/<stage>/` at the end of every epoch; an interrupted or failed save
-    leaves the previous checkpoint in force (`checkpoints.save_checkpoint`), and a resume fails
-    unless the checkpoint holds every variable of the model, its EMA and the optimizer.
+    Returns the EMA model (what gets evaluated and exported; outside any strategy), steps,
+    seconds and the COCO results of the last-epoch validation (None if the stage had finished
+    before). Checkpoints go to `model_dir/checkpoints/<stage>/` at the end of every epoch; an
+    interrupted or failed save leaves the previous checkpoint in force
+    (`checkpoints.save_checkpoint`), and a resume fails unless the checkpoint holds every
+    variable of the model, its EMA and the optimizer. Only the chief writes into `model_dir`.
     """
-    optimizer = make_optimizer(config)
-    ema = ModelEMA(model, config.ema_decay, config.ema_tau)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        ema=ema.model,
-        ema_updates=ema.updates,
-        optimizer=optimizer,
-        epoch=epoch,
-        seconds=seconds,
-    )
-    manager = tf.train.CheckpointManager(
-        checkpoint, stage_dir(model_dir, config.name), max_to_keep=2
-    )
-    for name in remove_interrupted_saves(manager.directory):
-        print(f"[{config.name}] removed {name}, what an interrupted save left")
-    # Built before any restore, so that its slots are checked against the checkpoint as well.
-    optimizer.build(model.trainable_variables)
-    if manager.latest_checkpoint:
-        restore_checked(
-            checkpoint, manager.latest_checkpoint, f"the {config.name} stage's training state"
+    distribution = distribution or Distribution()
+    chief = distribution.is_chief
+    local = distribution.local_copy(model) if distribution.distributed else None
+    with distribution.scope():
+        optimizer = make_optimizer(config)
+        ema = ModelEMA(model, config.ema_decay, config.ema_tau)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            ema=ema.model,
+            ema_updates=ema.updates,
+            optimizer=optimizer,
+            epoch=epoch,
+            seconds=seconds,
         )
-        if verbose:
-            print(f"[{config.name}] resumed from {manager.latest_checkpoint} at epoch {int(epoch)}")
-    start_epoch = int(epoch)
+        directory = stage_dir(model_dir, config.name)
+        manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+        if chief:
+            for name in remove_interrupted_saves(directory):
+                print(f"[{config.name}] removed {name}, what an interrupted save left")
+        # Built before any restore, so that its slots are checked against the checkpoint as well.
+        optimizer.build(model.trainable_variables)
+        # Every worker resumes from the chief's checkpoint (a shared folder across machines).
+        latest = tf.train.latest_checkpoint(directory)
+        if latest:
+            restore_checked(checkpoint, latest, f"the {config.name} stage's training state")
+            if verbose:
+                print(f"[{config.name}] resumed from {latest} at epoch {int(epoch.numpy())}")
+    start_epoch = int(epoch.numpy())
     if start_epoch >= config.epochs:
-        return StageResult(ema.model, int(optimizer.iterations), float(seconds))
+        return _result(distribution, ema, local, optimizer, seconds, config.name)
 
-    train_writer, val_writer = summary_writers(model_dir, config.name)
-    step_fn = make_train_step(task, model, optimizer, ema)
+    train_writer, val_writer = summary_writers(model_dir, config.name, distribution)
+    step_fn = make_train_step(task, model, optimizer, ema, distribution)
     if step_hook:
-        retrace = functools.partial(make_train_step, task, model, optimizer, ema)
+        retrace = functools.partial(make_train_step, task, model, optimizer, ema, distribution)
         step_fn = _hooked_step(retrace, model, optimizer, step_hook)
-    dataset = train_ds(start_epoch)
-    if start_epoch == 0:
-        _write_graph(train_writer, model, dataset)
-    iterator = iter(dataset)
+    iterator = iter(distribution.dataset(train_ds, start_epoch))
+    if start_epoch == 0 and chief:
+        _write_graph(train_writer, local or model)
     val_results = None
     for e in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        _run_epoch(step_fn, iterator, config, e, optimizer, train_writer, verbose)
-        epoch.assign(e + 1)
-        seconds.assign_add(time.perf_counter() - started)
-        if epoch_summaries:
-            epoch_summaries(model, int(optimizer.iterations), train_writer)
+        _run_epoch(step_fn, iterator, config, e, optimizer, train_writer, verbose, distribution)
+        with distribution.scope():
+            epoch.assign(e + 1)
+            seconds.assign_add(time.perf_counter() - started)
+        if epoch_summaries and chief:
+            epoch_summaries(model, int(optimizer.iterations.numpy()), train_writer)
         if (e + 1) % config.eval_every == 0 or e + 1 == config.epochs:
-            metrics, val_results = task.validate(
-                ema.model, step=int(optimizer.iterations), writer=val_writer
-            )
-            if verbose:
-                print(
-                    f"[{config.name}] epoch {e + 1}/{config.epochs} val "
-                    + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            # Every worker copies (an all-reduce of batch-norm statistics); the chief validates.
+            validated = distribution.local_copy(ema.model, into=local)
+            if chief:
+                metrics, val_results = task.validate(
+                    validated, step=int(optimizer.iterations.numpy()), writer=val_writer
                 )
-        save_checkpoint(manager, e + 1, f"[{config.name}] epoch {e + 1}")
-    return StageResult(ema.model, int(optimizer.iterations), float(seconds), val_results)
+                if verbose:
+                    print(
+                        f"[{config.name}] epoch {e + 1}/{config.epochs} val "
+                        + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                    )
+        _save(distribution, checkpoint, manager, e + 1, f"[{config.name}] epoch {e + 1}")
+    result = _result(distribution, ema, local, optimizer, seconds, config.name)
+    result.val_results = val_results
+    return result
 
 
-def summary_writers(model_dir: str, stage: str):
+def _result(distribution, ema, local, optimizer, seconds, stage) -> StageResult:
+    """The stage's EMA model, outside the strategy, and a fingerprint of it in the log."""
+    model = distribution.local_copy(ema.model, into=local)
+    if distribution.distributed:
+        print(f"[{stage}] EMA weights sha256 {weights_fingerprint(model)}", flush=True)
+    return StageResult(model, int(optimizer.iterations.numpy()), float(seconds.numpy()))
+
+
+def _save(distribution, checkpoint, manager, number: int, what: str):
+    """The chief saves into the run; any other worker into a folder it then deletes, as
+    MultiWorkerMirroredStrategy needs every worker in a save (it all-reduces what each replica
+    keeps for itself)."""
+    if distribution.is_chief:
+        return save_checkpoint(manager, number, what)
+    with tempfile.TemporaryDirectory(prefix="tfqat-worker-checkpoint-") as directory:
+        return save_checkpoint(
+            tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1), number, what
+        )
+
+
+def summary_writers(model_dir: str, stage: str, distribution: Distribution | None = None):
     """TensorBoard writers of `stage`: `train/<stage>` and `validation/<stage>`.
 
     Each stage is its own TensorBoard run because each stage's step counts from 0 (its own
@@ -232,26 +272,52 @@ def summary_writers(model_dir: str, stage: str):
     runs on one step axis the two curves are exactly the comparison it is there for.
     """
     return [
-        tf.summary.create_file_writer(os.path.join(model_dir, kind, stage))
+        summary_writer(distribution or Distribution(), os.path.join(model_dir, kind, stage))
         for kind in ("train", "validation")
     ]
 
 
-def make_train_step(task, model, optimizer, ema):
-    @tf.function
-    def step(images, targets):
+def make_train_step(task, model, optimizer, ema, distribution: Distribution | None = None):
+    """One training step on every replica: loss, all-reduced gradient, NaN guard, update, EMA.
+
+    Needs no all-reduce besides the gradient's and the losses'.
+
+    The losses normalize by sums over the global batch (`tfqat.losses.global_batch_sum`), so
+    the replicas' losses add up to the global batch's, and so do their gradients. Both are
+    all-reduced before the NaN guard, so it decides the same on every replica and worker.
+    """
+    distribution = distribution or Distribution()
+
+    def replica_gradients(images, targets):
+        context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             losses = task.loss(targets, outputs)
         grads = tape.gradient(losses["total"], model.trainable_variables)
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        losses = context.all_reduce(tf.distribute.ReduceOp.SUM, losses)
         finite = tf.math.is_finite(losses["total"]) & tf.math.is_finite(
             tf.linalg.global_norm(grads)
         )
+        return losses, grads, finite
+
+    def replica_update(grads):
+        optimizer.apply_gradients(
+            zip(grads, model.trainable_variables), skip_gradients_aggregation=True
+        )
+        # Each replica averages its own copies: the same weights everywhere, and its own
+        # batch-norm statistics, whose mean (what a read returns) is then the EMA of their mean.
+        ema.update(model)
+
+    @tf.function
+    def step(images, targets):
+        losses, grads, finite = distribution.run(replica_gradients, (images, targets))
+        losses, finite = distribution.first((losses, finite))
         # A non-finite loss or gradient leaves the weights untouched; Python then stops the run.
+        # (The update runs in its own strategy.run: a replica cannot synchronize inside a cond.)
         losses["total"] = tf.where(finite, losses["total"], np.nan)
         if finite:
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            ema.update(model)
+            distribution.run(replica_update, (grads,))
         return losses
 
     return step
@@ -263,23 +329,23 @@ def _hooked_step(make_step, model, optimizer, step_hook):
     traced = [make_step()]
 
     def step(images, targets):
-        if step_hook(model, int(optimizer.iterations)):
+        if step_hook(model, int(optimizer.iterations.numpy())):
             traced[0] = make_step()
         return traced[0](images, targets)
 
     return step
 
 
-def _write_graph(writer, model, dataset):
+def _write_graph(writer, model):
     """The model's forward graph, for TensorBoard's Graphs tab."""
-    images_spec = dataset.element_spec[0]
+    images_spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype)
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(images_spec).graph
     with writer.as_default():
         tf.summary.graph(graph)
     writer.flush()
 
 
-def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose):
+def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose, distribution):
     progbar = keras.utils.Progbar(
         config.steps_per_epoch, verbose=verbose, stateful_metrics=["lr", "img/s"]
     )
@@ -287,10 +353,10 @@ def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose):
     batch = None
     for i in range(config.steps_per_epoch):
         images, targets = next(iterator)
-        batch = int(images.shape[0])
+        batch = distribution.local_batch(images)
         losses = step_fn(images, targets)
         values = {k: float(v) for k, v in losses.items()}
-        step = int(optimizer.iterations)
+        step = int(optimizer.iterations.numpy())
         if not np.isfinite(values["total"]):
             raise TrainingDiverged(
                 f"[{config.name}] loss became {values['total']} at epoch {epoch + 1}, step {step} "
@@ -298,7 +364,7 @@ def _run_epoch(step_fn, iterator, config, epoch, optimizer, writer, verbose):
                 "good checkpoint is kept. Lower --lr or check the dataset with "
                 "tools/inspect_dataset.py."
             )
-        lr = float(optimizer.learning_rate)
+        lr = float(optimizer.learning_rate.numpy())
         if step % 10 == 0 or i + 1 == config.steps_per_epoch:
             with writer.as_default(step=step):
                 for k, v in values.items():

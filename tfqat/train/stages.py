@@ -10,6 +10,7 @@ import numpy as np
 
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import QAT_SCHEMES, load_float_weights
+from tfqat.train.distribute import Distribution, copy_weights
 from tfqat.train.loop import StageResult, fit
 
 
@@ -28,17 +29,23 @@ def run_stages(
     calibration_images=64,
     pruning=None,
     qat_options=None,
+    distribution: Distribution | None = None,
 ) -> TrainedStages:
     """Trains every stage; each resumes from its own checkpoints under model_dir.
 
     `pruning` (prune.PruningOptions) configures the prune stage when `stages` has one,
-    `qat_options` (qat_schedule.QatOptions; default: its defaults) the QAT or PQAT stage.
+    `qat_options` (qat_schedule.QatOptions; default: its defaults) the QAT or PQAT stage. Under
+    `distribution` every stage's model is built in its scope; the models returned are outside
+    it (`Distribution.local_copy`), ready to evaluate and export.
     """
+    distribution = distribution or Distribution()
     keras.utils.set_random_seed(stages[0].seed)
     by_name = {stage.name: stage for stage in stages}
-    model = task.build_model()
+    with distribution.scope():
+        model = task.build_model()
+        if init_checkpoint:
+            skipped = load_float_weights(model, init_checkpoint)
     if init_checkpoint:
-        skipped = load_float_weights(model, init_checkpoint)
         print(f"[float] initialized from --init_checkpoint={init_checkpoint}")
         if skipped:
             print(
@@ -54,6 +61,7 @@ def run_stages(
             task.train_dataset,
             by_name[stage_name],
             model_dir,
+            distribution=distribution,
             epoch_summaries=epoch_summaries,
             step_hook=step_hook,
         )
@@ -61,6 +69,11 @@ def run_stages(
             {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
         )
         return result
+
+    def clone(base):
+        """A copy of `base` (a finished stage's model) under the strategy, to train on."""
+        with distribution.scope():
+            return clone_with_weights(base)
 
     float_stage = train("float", model)
     trained = {"keras_float": float_stage}
@@ -74,31 +87,36 @@ def run_stages(
     calibration = task.preprocessed_images(calibration_images)
     base = float_stage.model
     if "prune" in by_name:
-        base = train_pruned(train, base, pruning, by_name["prune"].total_steps)
+        base = train_pruned(train, base, pruning, by_name["prune"].total_steps, distribution)
     with qat.qat_scope():
-        qat_model = qat.quantize(
-            clone_with_weights(base), QAT_SCHEMES[quantize_stage], options.activation_quantizer
-        )
-        ranges.calibrate(qat_model, base, calibration)
+        with distribution.scope():
+            qat_model = qat.quantize(
+                clone_with_weights(base), QAT_SCHEMES[quantize_stage], options.activation_quantizer
+            )
+            # Every worker calibrates on the same images (`base` is outside the strategy), so
+            # the ranges start equal everywhere.
+            ranges.calibrate(qat_model, base, calibration)
         hook = options.step_hook(quantize_stage, by_name[quantize_stage].total_steps)
         trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries, hook)
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
         if name in by_name:
-            reference = train(name, clone_with_weights(reference.model))
+            reference = train(name, clone(reference.model))
     trained["keras_float"] = reference
     return TrainedStages(trained, records, calibration)
 
 
-def train_pruned(train, float_model, options, stage_steps):
-    """The prune stage: a copy of the float model pruned to the target, returned stripped.
+def train_pruned(train, float_model, options, stage_steps, distribution):
+    """The prune stage: a copy of `float_model` pruned under the strategy to the target and
+    trained, returned stripped and outside the strategy.
 
     Fails (PruningTargetNotReached) rather than hand a less sparse model to PQAT.
     """
     from tfqat.optimize import prune
 
-    pruned = prune.prune_for_stage(clone_with_weights(float_model), options, stage_steps)
-    prune.start_pruning(pruned)
+    with distribution.scope():
+        pruned = prune.prune_for_stage(float_model, options, stage_steps)
+        prune.start_pruning(pruned)
     trained = train("prune", pruned, sparsity_summaries).model  # EMA copy, with the trained masks
     prune.apply_masks(trained)
     prune.check_sparsity(trained, options.target_sparsity, options.exclude, options.m_by_n)
@@ -123,7 +141,7 @@ def sparsity_summaries(model, step, writer):
 
 def clone_with_weights(model):
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    copy_weights(clone, model)
     return clone
 
 
