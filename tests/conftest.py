@@ -23,11 +23,9 @@ layers = keras.layers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
-    """`python -m tfqat.train --flagfile=configs/<flagfile>` in a subprocess, with a private
-    dataset cache; returns the run's report.json."""
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
-    command = [
+def train_command(flagfile: str, model_dir, *flags) -> list[str]:
+    """`python -m tfqat.train --flagfile=configs/<flagfile> --model_dir=<model_dir> <flags>`."""
+    return [
         sys.executable,
         "-m",
         "tfqat.train",
@@ -35,6 +33,13 @@ def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
         f"--model_dir={model_dir}",
         *flags,
     ]
+
+
+def run_recipe(flagfile: str, model_dir, cache, *flags) -> dict:
+    """`python -m tfqat.train --flagfile=configs/<flagfile>` in a subprocess, with a private
+    dataset cache; returns the run's report.json."""
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
+    command = train_command(flagfile, model_dir, *flags)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     # A crash's faulthandler dump ends with a long list of extension modules: left out.
     stderr = "".join(

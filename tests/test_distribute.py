@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import PQAT_FLAGS, REPO, run_recipe, tensorboard_runs
+from conftest import PQAT_FLAGS, REPO, run_recipe, tensorboard_runs, train_command
 
 # Bounds every wait on a worker: far above a smoke run on 2 loaded cores.
 WORKER_TIMEOUT = 1800
@@ -53,15 +53,7 @@ def start_workers(tmp_path, model_dir, ports, *flags, tag="run"):
             TMPDIR=str(temporary),
             PYTHONUNBUFFERED="1",
         )
-        command = [
-            sys.executable,
-            "-m",
-            "tfqat.train",
-            "--flagfile=configs/smoke_yolo.flags",
-            f"--model_dir={model_dir}",
-            "--strategy=multi_worker",
-            *flags,
-        ]
+        command = train_command("smoke_yolo.flags", model_dir, "--strategy=multi_worker", *flags)
         log = open(tmp_path / f"{tag}-{index}.log", "w")
         workers.append(
             subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

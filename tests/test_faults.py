@@ -8,11 +8,10 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import PQAT_FLAGS, REPO, run_recipe
+from conftest import PQAT_FLAGS, REPO, run_recipe, train_command
 
 # The smoke recipe's stages (configs/smoke_yolo.flags): epochs, and the stage that follows.
 EPOCHS = {"float": 2, "qat": 1, "prune": 2}
@@ -90,14 +89,7 @@ def test_kill_9_in_a_stage_then_rerun_trains_the_steps_of_an_unbroken_run(
     unbroken = json.loads((request.getfixturevalue(reference) / "report.json").read_text())
     model_dir, cache = tmp_path / "run", tmp_path / "cache"
     moment = KillMoment(stage, random.Random())
-    command = [
-        sys.executable,
-        "-m",
-        "tfqat.train",
-        "--flagfile=configs/smoke_yolo.flags",
-        f"--model_dir={model_dir}",
-        *flags,
-    ]
+    command = train_command("smoke_yolo.flags", model_dir, *flags)
     env = dict(os.environ, TFQAT_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     print(f"kill -9 at {moment}")
     kill_at(moment, command, env, model_dir)

@@ -2,11 +2,10 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 from absl import flags
-from conftest import REPO
+from conftest import REPO, train_command
 
 from tfqat.recipe import run_dir
 from tfqat.recipe.flags import define_flags
@@ -119,14 +118,7 @@ def test_the_cli_stops_a_changed_rerun_before_reading_any_data(tmp_path):
     run_dir.write_flags(_flags(f"--model_dir={model_dir}"), str(model_dir))
     before = (model_dir / "flags.txt").read_text()
     cache = tmp_path / "cache"
-    command = [
-        sys.executable,
-        "-m",
-        "tfqat.train",
-        "--flagfile=configs/smoke_yolo.flags",
-        f"--model_dir={model_dir}",
-        "--batch_size=4",
-    ]
+    command = train_command("smoke_yolo.flags", model_dir, "--batch_size=4")
     env = dict(os.environ, TFQAT_CACHE_DIR=str(cache))
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 1
