@@ -78,7 +78,10 @@ def main(argv):
 
     from tfqat.recipe.run import run_recipe
 
-    with distribution.stop_on_peer_failure() if distribution else contextlib.nullcontext():
+    with contextlib.ExitStack() as workers:
+        if distribution is not None:
+            workers.enter_context(distribution.stop_on_peer_failure())
+            workers.enter_context(distribution.end_together())
         run_recipe(
             task,
             model_dir,
