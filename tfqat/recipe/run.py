@@ -5,7 +5,11 @@ an export fails) and again after the exported files.
 """
 
 import os
+import subprocess
+import sys
 
+import tfqat
+from tfqat.cli import RunStopped
 from tfqat.evaluate import report as report_lib
 from tfqat.evaluate.artifacts import evaluate_keras, export_and_evaluate, fail_on
 from tfqat.train.stages import run_stages
@@ -48,6 +52,9 @@ def run_recipe(
     report_path = os.path.join(model_dir, "report.json")
     report_lib.write_report(report_path, report)
     problems = []
+    if "keras_qat" in trained.results and distribution is not None and distribution.worker:
+        export_in_child_process(model_dir)
+        return report_lib.load_report(model_dir)
     if "keras_qat" in trained.results:
         models = {name: result.model for name, result in trained.results.items()}
         rows, report["parity"], problems = export_and_evaluate(
@@ -59,3 +66,21 @@ def run_recipe(
     print(report_lib.report_markdown(report))
     fail_on(problems)
     return report
+
+
+def export_in_child_process(model_dir):
+    """`python -m tfqat.export --model_dir=model_dir` in a process of its own, for a worker of a
+    cluster: in a process running TensorFlow's collective runtime, LiteRT's interpreter
+    corrupted the heap (2 of 8 two-worker smoke runs aborted in allocate_tensors with "double
+    free or corruption")."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(tfqat.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "tfqat.export", f"--model_dir={model_dir}"]
+    sys.stdout.flush()
+    status = subprocess.run(command, env=env).returncode
+    if status:
+        raise RunStopped(
+            f"{' '.join(command)} (the chief's export) exited with status {status}; training "
+            "is complete and checkpointed, so that command alone repeats the export"
+        )

@@ -139,8 +139,8 @@ class Distribution:
         while the chief exports and evaluates.
 
         A worker that exits while the chief still works is, to TensorFlow's coordination
-        service, a crashed task (tensorflow/tensorflow#58434); measured here: the chief then
-        aborted in the LiteRT interpreter ("double free or corruption") in 2 of 8 smoke runs.
+        service, a crashed task: the chief logs "tasks are unhealthy" and aborts its collectives
+        (tensorflow/tensorflow#58434).
         """
         try:
             yield
