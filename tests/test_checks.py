@@ -31,6 +31,13 @@ def test_the_smoke_recipes_pass(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "config", sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if "synthetic" in f)
+)
+def test_every_synthetic_recipe_passes_its_checks(tmp_path, config):
+    check_recipe(recipe(tmp_path, flagfile=os.path.join(REPO, "configs", config)))
+
+
+@pytest.mark.parametrize(
     "extra, message",
     [
         (["--model_size=zz"], "--model_size=zz is not a detection model size; use one of femto"),
