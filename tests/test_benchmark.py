@@ -253,3 +253,25 @@ def test_benchmark_counts_instructions_and_times_training(smoke_yolo_run, tmp_pa
     rates = result["training"]["images_per_second"]
     assert set(rates) == {"pipeline", "float step", "qat step", "pqat step"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_openvino_kernel_profile_of_the_smoke_run_against_nncf(smoke_yolo_run):
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_yolo_run.parent / "cache"), PYTHONPATH=REPO)
+    command = [sys.executable, os.path.join(TOOLS, "profile_openvino.py")]
+    flags = [f"--model_dir={smoke_yolo_run}", "--calls=3"]
+    result = subprocess.run([*command, *flags], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if "| Convolution |" in line]
+    assert rows and all(row[2] == row[3] for row in rows), result.stdout  # as many conv layers
+    assert "Summed kernel time: ours" in result.stdout
+
+
+def test_openvino_kernel_profile_names_a_run_without_intel_files(tmp_path):
+    (tmp_path / "export").mkdir()
+    command = [sys.executable, os.path.join(TOOLS, "profile_openvino.py")]
+    result = subprocess.run(
+        [*command, f"--model_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no export/openvino/model_int8.xml" in lines[0], result.stderr
