@@ -44,18 +44,22 @@ def kernel_profiles(models: dict, image, threads: int, calls: int) -> dict:
     for call in range(WARMUP_CALLS + calls):
         for name in names if call % 2 else names[::-1]:
             requests[name].infer({0: image})
-            if call < WARMUP_CALLS:
-                continue
-            totals = collections.Counter()
-            for layer in requests[name].profiling_info:
-                totals[(layer.node_type, layer.exec_type)] += layer.real_time.total_seconds() * 1e6
-            for key, microseconds in totals.items():
-                samples[name][key].append(microseconds)
+            if call >= WARMUP_CALLS:
+                for key, microseconds in kernel_times(requests[name]).items():
+                    samples[name][key].append(microseconds)
     profiles = {}
     for name, request in requests.items():
         layers = collections.Counter((x.node_type, x.exec_type) for x in request.profiling_info)
         profiles[name] = {k: (layers[k], statistics.median(v)) for k, v in samples[name].items()}
     return profiles
+
+
+def kernel_times(request) -> collections.Counter:
+    """{(layer type, kernel): microseconds} of the request's last call, summed over layers."""
+    times = collections.Counter()
+    for layer in request.profiling_info:
+        times[(layer.node_type, layer.exec_type)] += layer.real_time.total_seconds() * 1e6
+    return times
 
 
 def comparison_markdown(ours: dict, peer: dict, threads: int, calls: int) -> str:
