@@ -52,7 +52,7 @@ def run_recipe(
     report_path = os.path.join(model_dir, "report.json")
     report_lib.write_report(report_path, report)
     problems = []
-    if "keras_qat" in trained.results and distribution is not None and distribution.worker:
+    if "keras_qat" in trained.results and distribution is not None and distribution.distributed:
         export_in_child_process(model_dir)
         return report_lib.load_report(model_dir)
     if "keras_qat" in trained.results:
@@ -69,10 +69,10 @@ def run_recipe(
 
 
 def export_in_child_process(model_dir):
-    """`python -m tfqat.export --model_dir=model_dir` in a process of its own, for a worker of a
-    cluster: in a process running TensorFlow's collective runtime, LiteRT's interpreter
-    corrupted the heap (3 of 9 two-worker smoke runs aborted in allocate_tensors with "double
-    free or corruption"; none of 6 with this)."""
+    """`python -m tfqat.export --model_dir=model_dir` in a process of its own, for a run trained
+    under a strategy: in such a process LiteRT's interpreter corrupted the heap (3 of 9
+    two-worker smoke runs and 1 MirroredStrategy smoke run aborted in allocate_tensors with
+    "double free or corruption")."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(tfqat.__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
