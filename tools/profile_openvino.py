@@ -3,20 +3,22 @@ plugin: whether the two compile to the same kernels, and whose kernels take long
 
     python tools/profile_openvino.py --model_dir=DIR [--threads=1] [--calls=200]
 
-Both IRs are compiled with PERF_COUNT=YES and the LATENCY hint and called in turn, in an
-alternating order, on the run's first calibration image; each row is one (layer type, kernel)
+Both IRs are compiled with PERF_COUNT=YES and the LATENCY hint and called in turn, in a new
+random order each round, on the run's first calibration image; each row is one (layer type, kernel)
 pair of the compiled graphs: how many layers run it and their summed time per call, median over
 the calls. tools/benchmark.py times whole calls; this says where a difference between the two
 files comes from.
 """
 
 import collections
+import functools
 import os
 import statistics
 
 from absl import app, flags
 
 from tfqat import cli
+from tfqat.evaluate import timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory with export/openvino/.")
@@ -30,8 +32,9 @@ WARMUP_CALLS = 20
 
 def kernel_profiles(models: dict, image, threads: int, calls: int) -> dict:
     """{name: {(layer type, kernel): (layers, median microseconds per call)}} of each of
-    `models` compiled for the CPU, called in turn on `image` (the order alternates each round,
-    so load from elsewhere hits both alike)."""
+    `models` compiled for the CPU, called in turn on `image` in a new random order each round
+    (tfqat.evaluate.timing.interleaved_times, as tools/benchmark.py), so load from elsewhere
+    hits both alike."""
     import openvino as ov
 
     config = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
@@ -39,14 +42,18 @@ def kernel_profiles(models: dict, image, threads: int, calls: int) -> dict:
     requests = {
         n: core.compile_model(m, "CPU", config).create_infer_request() for n, m in models.items()
     }
+    for request in requests.values():
+        for _ in range(WARMUP_CALLS):
+            request.infer({0: image})
     samples = {name: collections.defaultdict(list) for name in models}
-    names = list(models)
-    for call in range(WARMUP_CALLS + calls):
-        for name in names if call % 2 else names[::-1]:
-            requests[name].infer({0: image})
-            if call >= WARMUP_CALLS:
-                for key, microseconds in kernel_times(requests[name]).items():
-                    samples[name][key].append(microseconds)
+
+    def profiled_call(name):
+        requests[name].infer({0: image})
+        for key, microseconds in kernel_times(requests[name]).items():
+            samples[name][key].append(microseconds)
+
+    calls_by_name = {name: functools.partial(profiled_call, name) for name in models}
+    timing.interleaved_times(calls_by_name, rounds=calls, warmup=0)
     profiles = {}
     for name, request in requests.items():
         layers = collections.Counter((x.node_type, x.exec_type) for x in request.profiling_info)
