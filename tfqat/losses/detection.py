@@ -9,7 +9,7 @@ direct, static-shape port of Ultralytics' instead; CIoU comes from keras-cv.
 
 import keras_cv
 
-from tfqat.losses.normalizer import global_batch_sum
+from tfqat.losses.common import binary_entropy, global_batch_sum
 from tfqat.models.yolo_spec import STRIDES, check_input_size
 from tfqat.models.yolo_spec import make_anchors as make_anchors_np
 from tfqat.tf_compat import tf
@@ -255,3 +255,28 @@ class YoloLoss:
         }
         losses["total"] = losses["box"] + losses["cls"] + losses["dfl"]
         return losses
+
+    def distillation(self, outputs, teacher_outputs):
+        """How far `outputs` are from a teacher's on the same images (QAT's output distillation).
+
+        Binary cross-entropy to the teacher's class probabilities over every anchor, and
+        cross-entropy to its DFL bin distributions weighted per anchor by the teacher's top
+        class probability (background anchors' boxes are never used), each minus the teacher's
+        own entropy, so the loss is 0 when the outputs match. Normalised by the global batch's
+        sum of those anchor weights (as the task loss by its target scores) and weighted like the
+        cls and dfl terms, so a weight of 1 makes it comparable to the task loss.
+        """
+        box_logits, cls_logits = flatten_outputs(outputs, self.reg_max, self.num_classes)
+        teacher_box, teacher_cls = flatten_outputs(teacher_outputs, self.reg_max, self.num_classes)
+        teacher_scores = tf.stop_gradient(tf.sigmoid(teacher_cls))
+        teacher_bins = tf.stop_gradient(tf.nn.softmax(teacher_box, axis=-1))
+        anchor_weight = tf.reduce_max(teacher_scores, axis=-1)  # [B, A]
+        normalizer = tf.maximum(global_batch_sum(tf.reduce_sum(anchor_weight)), 1.0)
+        cls = tf.nn.sigmoid_cross_entropy_with_logits(labels=teacher_scores, logits=cls_logits)
+        cls -= binary_entropy(teacher_scores)
+        bins = tf.nn.softmax_cross_entropy_with_logits(labels=teacher_bins, logits=box_logits)
+        bins += tf.reduce_sum(tf.math.xlogy(teacher_bins, teacher_bins), axis=-1)
+        bins = tf.reduce_mean(bins, axis=-1) * anchor_weight
+        return (
+            self.cls_weight * tf.reduce_sum(cls) + self.dfl_weight * tf.reduce_sum(bins)
+        ) / normalizer

@@ -6,7 +6,7 @@ sub-pixel decoder in `tfqat.postprocess.pose` inverts it. Heatmap pixel j covers
 [j * stride, (j + 1) * stride), so its centre is at (j + 0.5) * stride in crop coordinates.
 """
 
-from tfqat.losses.normalizer import global_batch_sum
+from tfqat.losses.common import binary_entropy, global_batch_sum
 from tfqat.tf_compat import tf
 
 __all__ = ["DEFAULT_SIGMA", "PoseLoss", "encode_heatmaps", "heatmap_size"]
@@ -69,14 +69,31 @@ class PoseLoss:
         self.positive_weight = float(positive_weight)
 
     def __call__(self, targets, outputs) -> dict:
-        logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        logits = tf.cast(logits, tf.float32)
+        logits = tf.cast(_heatmap_logits(outputs), tf.float32)
         heatmaps, weights = targets["heatmaps"], targets["weights"]
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=heatmaps, logits=logits)
-        entropy = -tf.math.xlogy(heatmaps, heatmaps) - tf.math.xlogy(1.0 - heatmaps, 1.0 - heatmaps)
-        bce -= entropy
-        pixel_weight = 1.0 + (self.positive_weight - 1.0) * tf.cast(heatmaps > 0.1, tf.float32)
-        per_keypoint = tf.reduce_sum(bce * pixel_weight, axis=[1, 2])  # [B, K]
+        per_keypoint = self._per_keypoint(heatmaps, logits)
         keypoints = tf.maximum(global_batch_sum(tf.reduce_sum(weights)), 1.0)
         heatmap = tf.reduce_sum(per_keypoint * weights) / keypoints
         return {"heatmap": heatmap, "total": heatmap}
+
+    def distillation(self, outputs, teacher_outputs):
+        """How far `outputs` are from a teacher's on the same images (QAT's output distillation):
+        the same loss with the teacher's heatmaps as targets, on every keypoint channel."""
+        teacher = tf.cast(_heatmap_logits(teacher_outputs), tf.float32)
+        per_keypoint = self._per_keypoint(
+            tf.stop_gradient(tf.sigmoid(teacher)), tf.cast(_heatmap_logits(outputs), tf.float32)
+        )
+        count = global_batch_sum(tf.cast(tf.size(per_keypoint), tf.float32))
+        return tf.reduce_sum(per_keypoint) / count
+
+    def _per_keypoint(self, heatmaps, logits):
+        """[B, K] cross-entropy of logits to heatmaps over the pixels, minus the targets' entropy,
+        foreground pixels (target > 0.1) weighted `positive_weight`."""
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=heatmaps, logits=logits)
+        bce -= binary_entropy(heatmaps)
+        pixel_weight = 1.0 + (self.positive_weight - 1.0) * tf.cast(heatmaps > 0.1, tf.float32)
+        return tf.reduce_sum(bce * pixel_weight, axis=[1, 2])
+
+
+def _heatmap_logits(outputs):
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs

@@ -38,6 +38,7 @@ class QatOptions:
     activation_quantizer: str = "moving_average"
     freeze_bn_after: float = 1.0
     freeze_ranges_after: float = 1.0
+    distillation: float = 0.0  # weight of the float model's outputs as extra targets (0: off)
 
     def step_hook(self, stage: str, total_steps: int):
         """(model, step) -> whether it changed the model: freezes batch norm from step

@@ -147,4 +147,5 @@ def qat_options(fv):
         activation_quantizer=fv.qat_activation_quantizer,
         freeze_bn_after=fv.qat_freeze_bn_after,
         freeze_ranges_after=fv.qat_freeze_ranges_after,
+        distillation=fv.qat_distillation,
     )

@@ -132,6 +132,7 @@ def numeric_rules(fv) -> dict[str, Range]:
             min_output_levels=Range(1, 256),
             qat_freeze_bn_after=Range(0, 1),
             qat_freeze_ranges_after=Range(0, 1),
+            qat_distillation=NON_NEGATIVE,
         )
     if "prune" in fv.stages:
         rules.update(

@@ -96,6 +96,14 @@ def define_flags(fv: flags.FlagValues):
         "updating (1: never).",
         flag_values=fv,
     )
+    flags.DEFINE_float(
+        "qat_distillation",
+        0.0,
+        "Weight of output distillation in the QAT or PQAT stage: the model also learns the "
+        "float model's outputs (class scores, box distributions, heatmaps) on each batch "
+        "(0: off).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer(
         "prune_epochs",
         3,

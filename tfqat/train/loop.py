@@ -116,6 +116,15 @@ def make_optimizer(config: StageConfig):
     return optimizer
 
 
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Output distillation: the stage's model also learns `teacher`'s outputs (a frozen model
+    built in the same strategy scope), with this weight relative to the task loss."""
+
+    teacher: keras.Model
+    weight: float
+
+
 class ModelEMA:
     """Exponential moving average of every float weight (BN statistics included), as in YOLOv8.
 
@@ -157,6 +166,7 @@ def fit(
     verbose=1,
     epoch_summaries=None,
     step_hook=None,
+    distillation: Distillation | None = None,
 ):
     """Trains `model` for one stage, resuming from the stage's latest checkpoint.
 
@@ -168,6 +178,7 @@ def fit(
     after every epoch. `step_hook(model, step)`, if given, runs before every training step and
     returns True when it changed the model in a way the traced step cannot see (Python state,
     e.g. `tfqat.optimize.qat_schedule`'s freezes): the step is then traced again.
+    `distillation`, if given, adds its loss to the task's (`make_train_step`).
     Returns the EMA model (what gets evaluated and exported; outside any strategy), steps,
     seconds and the COCO results of the last-epoch validation (None if the stage had finished
     before). Checkpoints go to `model_dir/checkpoints/<stage>/` at the end of every epoch; an
@@ -209,9 +220,11 @@ def fit(
         return _result(distribution, ema, local, optimizer, seconds, config.name)
 
     train_writer, val_writer = summary_writers(model_dir, config.name, distribution)
-    step_fn = make_train_step(task, model, optimizer, ema, distribution)
+    step_fn = make_train_step(task, model, optimizer, ema, distribution, distillation)
     if step_hook:
-        retrace = functools.partial(make_train_step, task, model, optimizer, ema, distribution)
+        retrace = functools.partial(
+            make_train_step, task, model, optimizer, ema, distribution, distillation
+        )
         step_fn = _hooked_step(retrace, model, optimizer, step_hook)
     iterator = iter(distribution.dataset(train_ds, start_epoch))
     if start_epoch == 0 and chief:
@@ -277,8 +290,13 @@ def summary_writers(model_dir: str, stage: str, distribution: Distribution | Non
     ]
 
 
-def make_train_step(task, model, optimizer, ema, distribution: Distribution | None = None):
+def make_train_step(
+    task, model, optimizer, ema, distribution: Distribution | None = None, distillation=None
+):
     """One training step on every replica: loss, all-reduced gradient, NaN guard, update, EMA.
+
+    With `distillation` (a `Distillation`) the loss adds `weight x task.loss.distillation(
+    outputs, teacher outputs)`, logged as "distill".
 
     Needs no all-reduce besides the gradient's and the losses'.
 
@@ -293,6 +311,12 @@ def make_train_step(task, model, optimizer, ema, distribution: Distribution | No
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             losses = task.loss(targets, outputs)
+            if distillation:
+                teacher_outputs = distillation.teacher(images, training=False)
+                losses["distill"] = distillation.weight * task.loss.distillation(
+                    outputs, teacher_outputs
+                )
+                losses["total"] += losses["distill"]
         grads = tape.gradient(losses["total"], model.trainable_variables)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         losses = context.all_reduce(tf.distribute.ReduceOp.SUM, losses)

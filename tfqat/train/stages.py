@@ -11,7 +11,7 @@ import numpy as np
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import QAT_SCHEMES, load_float_weights
 from tfqat.train.distribute import Distribution, copy_weights
-from tfqat.train.loop import StageResult, fit
+from tfqat.train.loop import Distillation, StageResult, fit
 
 
 @dataclasses.dataclass
@@ -54,7 +54,9 @@ def run_stages(
             )
     records = []
 
-    def train(stage_name, stage_model, epoch_summaries=None, step_hook=None) -> StageResult:
+    def train(
+        stage_name, stage_model, epoch_summaries=None, step_hook=None, distillation=None
+    ) -> StageResult:
         result = fit(
             task,
             stage_model,
@@ -64,6 +66,7 @@ def run_stages(
             distribution=distribution,
             epoch_summaries=epoch_summaries,
             step_hook=step_hook,
+            distillation=distillation,
         )
         records.append(
             {"name": stage_name, "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -97,7 +100,14 @@ def run_stages(
             # the ranges start equal everywhere.
             ranges.calibrate(qat_model, base, calibration)
         hook = options.step_hook(quantize_stage, by_name[quantize_stage].total_steps)
-        trained["keras_qat"] = train(quantize_stage, qat_model, quantizer_range_summaries, hook)
+        distillation = None
+        if options.distillation:
+            teacher = clone(base)  # the float (or pruned) model the stage started from
+            teacher.trainable = False
+            distillation = Distillation(teacher, options.distillation)
+        trained["keras_qat"] = train(
+            quantize_stage, qat_model, quantizer_range_summaries, hook, distillation
+        )
     reference = float_stage
     for name in ("float_reference_prune", "float_reference"):
         if name in by_name:

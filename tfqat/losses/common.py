@@ -1,4 +1,4 @@
-"""The loss normalizers of data-parallel training: sums over the global batch."""
+"""What the losses share: the global-batch sums of data-parallel training, the binary entropy."""
 
 from tfqat.tf_compat import tf
 
@@ -14,3 +14,8 @@ def global_batch_sum(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, value))
+
+
+def binary_entropy(p):
+    """Entropy of Bernoulli(p), elementwise: the minimum of cross-entropy against soft labels p."""
+    return -tf.math.xlogy(p, p) - tf.math.xlogy(1.0 - p, 1.0 - p)
