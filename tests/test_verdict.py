@@ -22,7 +22,7 @@ from tfqat.evaluate.verdict import (
 )
 from tfqat.postprocess import metrics
 
-NOISE = {"qat_minus_ptq": 0.002, "ptq_drop": 0.002}
+NOISE = {"qat_minus_ptq": 0.002, "ptq_drop": 0.002, "qat_drop": 0.002}
 
 # === decide ===
 
@@ -34,7 +34,8 @@ def test_qat_ahead_beyond_noise_ships_the_qat_file():
     assert verdict["qat_ratio"] == pytest.approx(0.995)
     assert verdict["ptq_ratio"] == pytest.approx(0.975)
     line = verdict_line(verdict)
-    assert "QAT int8 0.995x float, PTQ int8 0.975x float" in line
+    assert "QAT int8 0.995x float, PTQ int8 0.975x float; float - QAT +0.0020 ± 0.0020" in line
+    assert verdict["qat_drop"] == pytest.approx(0.002)
     assert "QAT recovered 80% of PTQ's drop" in line and line.endswith(f"{SHIP_QAT}.")
 
 
@@ -222,6 +223,7 @@ def test_write_report_adds_the_verdict_and_its_line(tmp_path, task):
     verdict = written["verdict"]
     assert verdict["metric"] == metrics.METRIC_NAMES[metrics.IOU_TYPES[task]][0]
     assert verdict["qat_ratio"] == pytest.approx(1.0)
+    assert verdict["qat_drop"] == pytest.approx(0.0) and verdict["qat_drop_noise"] >= 0
     assert verdict["qat_minus_ptq"] > verdict["qat_minus_ptq_noise"] > 0
     assert verdict["recommendation"] == SHIP_QAT
     markdown = (tmp_path / "report.md").read_text().splitlines()

@@ -50,6 +50,7 @@ def compute_verdict(report: dict, report_dir: str, resamples: int = RESAMPLES) -
     noise = {
         "qat_minus_ptq": Z_95 * float(np.std(draws["qat"] - draws["ptq"])),
         "ptq_drop": Z_95 * float(np.std(draws["float"] - draws["ptq"])),
+        "qat_drop": Z_95 * float(np.std(draws["float"] - draws["qat"])),
     }
     pruned = any(stage["name"] == "pqat" for stage in report["stages"])
     verdict = decide(metric, values, noise, pruned)
@@ -65,7 +66,8 @@ def decide(metric: str, values: dict, noise: dict, pruned: bool = False) -> dict
     Args:
       metric: the primary metric's name (mAP50_95, AP).
       values: {"float", "qat", "ptq"}: the metric of keras_float, tflite_int8, tflite_int8_ptq.
-      noise: {"qat_minus_ptq", "ptq_drop"}: 95 % half-widths of QAT - PTQ and float - PTQ.
+      noise: {"qat_minus_ptq", "ptq_drop", "qat_drop"}: 95 % half-widths of QAT - PTQ,
+        float - PTQ and float - QAT.
       pruned: the QAT file comes from PQAT (pruned), the PTQ file from the dense float model.
 
     The recommendation compares the two int8 files: QAT ahead of PTQ by more than the noise:
@@ -93,6 +95,8 @@ def decide(metric: str, values: dict, noise: dict, pruned: bool = False) -> dict
         "qat_minus_ptq_noise": noise["qat_minus_ptq"],
         "ptq_drop": drop,
         "ptq_drop_noise": noise["ptq_drop"],
+        "qat_drop": float_ - qat,
+        "qat_drop_noise": noise["qat_drop"],
         "recovered": difference / drop if dropped else None,
         "recommendation": recommendation,
     }
@@ -104,7 +108,8 @@ def _ratio(value: float, reference: float) -> float | None:
 
 
 def verdict_line(verdict: dict) -> str:
-    """One line: both ratios, the share recovered, QAT - PTQ against its noise, the advice."""
+    """One line: both ratios, float - QAT against its noise, the share recovered, QAT - PTQ
+    against its noise, the advice."""
     ratios = ", ".join(
         f"{label} int8 {_times(verdict[f'{role}_ratio'])} float"
         for role, label in (("qat", "QAT"), ("ptq", "PTQ"))
@@ -116,8 +121,9 @@ def verdict_line(verdict: dict) -> str:
         )
     else:
         recovered = f"QAT recovered {verdict['recovered']:.0%} of PTQ's drop"
+    qat_drop = f"float - QAT {verdict['qat_drop']:+.4f} ± {verdict['qat_drop_noise']:.4f}"
     return (
-        f"Verdict ({verdict['metric']}): {ratios}; {recovered}; QAT - PTQ "
+        f"Verdict ({verdict['metric']}): {ratios}; {qat_drop}; {recovered}; QAT - PTQ "
         f"{verdict['qat_minus_ptq']:+.4f} ± {verdict['qat_minus_ptq_noise']:.4f} (95 %, paired "
         f"bootstrap over val images): {verdict['recommendation']}."
     )
