@@ -185,6 +185,7 @@ def test_mirrored_smoke_recipe_runs_to_the_end(tmp_path):
         tmp_path / "cache",
         "--strategy=mirrored",
         "--cpu_replicas=2",
+        "--qat_distillation=1",  # the teacher is built and called in the strategy's scope too
     )
     assert [s["name"] for s in report["stages"]] == ["float", "qat", "float_reference"]
     assert all(row["metrics"] for row in report["artifacts"])
