@@ -118,10 +118,8 @@ def make_optimizer(config: StageConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
-    """Output distillation: the stage's model also learns `teacher`'s outputs (a frozen model
-    built in the same strategy scope), with this weight relative to the task loss.
-
-    Our own: TF-MOT's QAT wraps layers and leaves the loss to the training loop."""
+    """Output distillation: the model also learns `teacher`'s outputs (frozen, built in the same
+    strategy scope), weighted against the task loss. Ours: TF-MOT's QAT leaves the loss to us."""
 
     teacher: keras.Model
     weight: float
