@@ -16,7 +16,7 @@ from tfqat.export.openvino.checks import check_ir_size, check_onnx_int8, check_o
 from tfqat.export.openvino.convert import export_intel, onnx_to_openvino
 from tfqat.export.openvino.onnx_graph import Graph
 from tfqat.export.openvino.pair_saturation import fit_pairs_to_int16
-from tfqat.export.openvino.rewrites import rewrite_for_openvino
+from tfqat.export.openvino.rewrites import rewrite_for_openvino, shared_concat_scales
 from tfqat.runtime.onnx_openvino import OnnxRunner, OpenVINORunner
 
 # === A hand-made QDQ graph: fast, no TensorFlow ===
@@ -298,3 +298,42 @@ def test_layer_report_names_keras_layers(exported):
     assert {"stem_act", "c2f_m0_add", "sppf_pool0", "box_cv_act"} <= set(layers)
     assert all(row["mean"] <= row["max"] for row in report["layers"])
     assert len(report["worst"]) <= 10
+
+
+def concat_of_requantized_onnx(ratios):
+    """Float x -> one branch per ratio: Q(own scale 0.1) read by a Relu and, requantized at
+    ratio x 0.1, by a Concat of all branches (tf2onnx's graph of a C2f branch)."""
+    inits = [
+        numpy_helper.from_array(np.float32(0.1), "own"),
+        numpy_helper.from_array(np.int8(0), "z"),
+    ]
+    nodes, concat_inputs, outputs = [], [], []
+    for i, ratio in enumerate(ratios):
+        inits.append(numpy_helper.from_array(np.float32(0.1 * ratio), f"cat_scale{i}"))
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "own", "z"], [f"q{i}"], name=f"q{i}"),
+            helper.make_node("DequantizeLinear", [f"q{i}", "own", "z"], [f"d{i}"]),
+            helper.make_node("Relu", [f"d{i}"], [f"other{i}"]),
+            helper.make_node(
+                "QuantizeLinear", [f"d{i}", f"cat_scale{i}", "z"], [f"r{i}"], name=f"requantize{i}"
+            ),
+        ]
+        concat_inputs.append(f"r{i}")
+        outputs.append(helper.make_tensor_value_info(f"other{i}", TensorProto.FLOAT, [1, 4]))
+    nodes.append(helper.make_node("Concat", concat_inputs, ["cat"], axis=1))
+    outputs.append(helper.make_tensor_value_info("cat", TensorProto.INT8, [1, 4 * len(ratios)]))
+    graph = helper.make_graph(
+        nodes,
+        "concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_concat_scale_much_coarser_than_the_tensor_own_is_not_shared():
+    model = concat_of_requantized_onnx([1.5, 8.7])  # session 8's failing run had 8.7
+    assert shared_concat_scales(model) == ["requantize0"]
+    kept = [n.name for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert sorted(kept) == ["q0", "q1", "requantize1"]
