@@ -69,7 +69,7 @@ class PoseLoss:
         self.positive_weight = float(positive_weight)
 
     def __call__(self, targets, outputs) -> dict:
-        logits = tf.cast(_heatmap_logits(outputs), tf.float32)
+        logits = _heatmap_logits(outputs)
         heatmaps, weights = targets["heatmaps"], targets["weights"]
         per_keypoint = self._per_keypoint(heatmaps, logits)
         keypoints = tf.maximum(global_batch_sum(tf.reduce_sum(weights)), 1.0)
@@ -79,10 +79,8 @@ class PoseLoss:
     def distillation(self, outputs, teacher_outputs):
         """How far `outputs` are from a teacher's on the same images (QAT's output distillation):
         the same loss with the teacher's heatmaps as targets, on every keypoint channel."""
-        teacher = tf.cast(_heatmap_logits(teacher_outputs), tf.float32)
-        per_keypoint = self._per_keypoint(
-            tf.stop_gradient(tf.sigmoid(teacher)), tf.cast(_heatmap_logits(outputs), tf.float32)
-        )
+        teacher = tf.stop_gradient(tf.sigmoid(_heatmap_logits(teacher_outputs)))
+        per_keypoint = self._per_keypoint(teacher, _heatmap_logits(outputs))
         count = global_batch_sum(tf.cast(tf.size(per_keypoint), tf.float32))
         return tf.reduce_sum(per_keypoint) / count
 
@@ -96,4 +94,5 @@ class PoseLoss:
 
 
 def _heatmap_logits(outputs):
-    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    """The model's heatmap logits (its only output, bare or in a list), as float32."""
+    return tf.cast(outputs[0] if isinstance(outputs, (list, tuple)) else outputs, tf.float32)
