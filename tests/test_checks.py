@@ -3,7 +3,9 @@ run cannot use is a usage error naming it, every path that is not what the recip
 error naming it; a broken val annotation file stops before any train image is decoded."""
 
 import os
+import types
 
+import numpy as np
 import pytest
 from absl import app, flags
 from conftest import REPO, small_split
@@ -11,7 +13,14 @@ from PIL import Image
 
 from tfqat.cli import InputError
 from tfqat.data.coco import DatasetError, load_coco_splits
-from tfqat.recipe.checks import Range, check_recipe, check_tf_config
+from tfqat.recipe.build import stage_configs
+from tfqat.recipe.checks import (
+    Range,
+    check_ema,
+    check_recipe,
+    check_tf_config,
+    ema_median_step,
+)
 from tfqat.recipe.flags import define_flags
 
 SMOKE = os.path.join(REPO, "configs", "smoke_yolo.flags")
@@ -99,6 +108,46 @@ def test_range_bounds_and_their_wording():
     assert 0.5 in open_interval and 0 not in open_interval and 1 not in open_interval
     assert str(open_interval) == "in (0, 1)" and str(Range(0, 0.5)) == "in [0, 0.5]"
     assert float("inf") not in Range(0) and float("nan") not in Range(0)
+
+
+@pytest.mark.parametrize(
+    "config", sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if "yolo_synthetic" in f)
+)
+def test_every_synthetic_detection_recipe_exports_an_ema_of_its_stage_ends(tmp_path, config):
+    fv = recipe(tmp_path, flagfile=os.path.join(REPO, "configs", config))
+    check_ema(stage_configs(fv, fv.num_train // fv.batch_size))  # one sample per image
+
+
+def test_the_ema_median_step_is_where_the_ema_holds_half_its_weight():
+    """Against train.loop.ModelEMA itself, averaging a weight that is 1 up to a step (and at the
+    start) and 0 after it: the average is the share of the EMA from up to that step."""
+    from tfqat.tf_compat import keras
+    from tfqat.train.loop import ModelEMA
+
+    def share_up_to(last, decay, tau, steps):
+        model = keras.Sequential([keras.layers.Dense(1, use_bias=False, input_shape=(1,))])
+        model.set_weights([np.full((1, 1), 1.0 if last >= 0 else 0.0)])
+        ema = ModelEMA(model, decay, tau)
+        for step in range(1, steps + 1):
+            model.set_weights([np.full((1, 1), 1.0 if step <= last else 0.0)])
+            ema.update(model)
+        return float(ema.model.get_weights()[0][0, 0])
+
+    for decay, tau, steps in [(0.9999, 200, 600), (0.99, 20, 300), (0.9999, 1, 4)]:
+        median = ema_median_step(decay, tau, steps)
+        assert share_up_to(median, decay, tau, steps) >= 0.5
+        assert share_up_to(median - 1, decay, tau, steps) < 0.5
+
+
+def test_an_ema_of_mid_training_weights_is_a_usage_error_naming_a_decay_that_fits():
+    stage = types.SimpleNamespace(name="float", total_steps=2232, ema_decay=0.9999, ema_tau=200)
+    with pytest.raises(
+        app.UsageError,
+        match=r"--ema_decay=0.9999 with --ema_tau=200: the float stage's EMA model .* from step "
+        r"1166 of 2232 or earlier\); use --ema_decay=0.998$",
+    ):
+        check_ema([stage])
+    check_ema([types.SimpleNamespace(**{**vars(stage), "ema_decay": 0.998})])
 
 
 # === Paths ===

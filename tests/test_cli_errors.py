@@ -86,6 +86,16 @@ def test_train_flag_mistakes(tmp_path, flags, status, fragment):
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+def test_an_ema_slower_than_the_stage_stops_before_the_run_directory_is_made(tmp_path):
+    """Found once the train set's size is known: after the dataset checks' progress lines."""
+    result = train(tmp_path, "--ema_decay=0.9999", "--ema_tau=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tfqat.train: error: --ema_decay=0.9999 with --ema_tau=1: the float")
+    assert "(half of it from step 0 of 4 or earlier)" in last, last
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "break_it, fragment",
     [
@@ -264,6 +274,8 @@ def test_export_and_tool_mistakes(broken, smoke_yolo_run, tmp_path):
     pruned = broken / "truncated.tflite"
     result = run(f"{TOOLS}/compare_pruned.py", f"--pruned={pruned}", f"--dense={model}")
     assert_one_line(result, "compare_pruned.py", 1, f"--pruned={pruned}: not a valid .tflite")
+    result = run(f"{TOOLS}/compare_ema.py", f"--model_dir={broken / 'not_a_run'}")
+    assert_one_line(result, "compare_ema.py", 1, "is not a tfqat run (no flags.txt)")
     result = run(f"{TOOLS}/benchmark.py", f"--model_dir={broken / 'not_a_run'}")
     assert_one_line(result, "benchmark.py", 1, "is not a tfqat run (no flags.txt)")
     result = run(f"{TOOLS}/benchmark_pipeline.py", f"--train_annotations={annotations}")

@@ -263,6 +263,30 @@ def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_yolo_ru
     assert json.loads((smoke_yolo_run / "report.json").read_text())["stages"] == before["stages"]
 
 
+def test_compare_ema_scores_the_ema_as_the_run_does(smoke_yolo_run):
+    """tools/compare_ema.py: the float_reference stage's EMA scores what the report gives its
+    keras_float; its trained weights are scored beside it."""
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_yolo_run.parent / "cache"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "compare_ema.py"),
+            f"--model_dir={smoke_yolo_run}",
+            "--stage=float_reference",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((smoke_yolo_run / "report.json").read_text())
+    (keras_float,) = [a for a in report["artifacts"] if a["name"] == "keras_float"]
+    line = result.stdout.strip().splitlines()[-1]
+    assert f"EMA mAP50_95={keras_float['metrics']['mAP50_95']:.4f} " in line, line
+    assert " trained mAP50_95=" in line, line
+
+
 @pytest.mark.slow
 def test_export_entry_rewrites_every_artifact_from_checkpoints(smoke_yolo_run):
     int8 = smoke_yolo_run / "export" / "model_int8.tflite"

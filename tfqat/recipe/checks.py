@@ -13,6 +13,7 @@ import math
 import os
 import re
 
+import numpy as np
 from absl import app, flags
 
 from tfqat.cli import InputError
@@ -262,6 +263,46 @@ def check_batch_split(batch_size: int, replicas: int):
             f"--batch_size={batch_size} is the global batch and must be a multiple of the "
             f"{replicas} replicas"
         )
+
+
+# The EMA model is what a stage evaluates and exports: half of its weight must come from the
+# stage's last (1 - EMA_MEDIAN_AT_LEAST), or the exported model is one from mid-training.
+EMA_MEDIAN_AT_LEAST = 0.75
+# Offered in order when --ema_decay is too slow for a stage.
+EMA_DECAYS = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95, 0.9)
+
+
+def ema_median_step(decay: float, tau: float, steps: int) -> int:
+    """The step up to which the weights hold half of the EMA at the end of `steps`
+    (train.loop.ModelEMA: decay ramped as `decay * (1 - exp(-step / tau))`; step 0 is the
+    weights the stage started from)."""
+    step = np.arange(1, steps + 1)
+    kept = decay * (1.0 - np.exp(-step / tau))  # the share of the average each step keeps
+    kept_after = np.append(np.cumprod(kept[::-1])[::-1][1:], 1.0)
+    weight = (1.0 - kept) * kept_after  # of each step's weights in the final average
+    up_to = np.cumsum(np.concatenate([[np.prod(kept)], weight]))  # from step 0 (the start) on
+    return int(np.searchsorted(up_to, 0.5 * up_to[-1]))
+
+
+def check_ema(stages):
+    """Each stage's EMA (StageConfig: name, total_steps, ema_decay, ema_tau) must average the
+    end of the stage, not its middle (docs/results/yolo_synthetic.md, "The EMA window")."""
+    for stage in stages:
+        steps, decay, tau = stage.total_steps, stage.ema_decay, stage.ema_tau
+        if _ema_fits(decay, tau, steps):
+            continue
+        median = ema_median_step(decay, tau, steps)
+        fits = [d for d in EMA_DECAYS if d < decay and _ema_fits(d, tau, steps)]
+        advice = f"use --ema_decay={fits[0]}" if fits else "lower --ema_decay or --ema_tau"
+        raise app.UsageError(
+            f"--ema_decay={decay:g} with --ema_tau={tau:g}: the {stage.name} stage's EMA model "
+            "(what is evaluated and exported) would be mostly mid-training weights (half of it "
+            f"from step {median} of {steps} or earlier); {advice}"
+        )
+
+
+def _ema_fits(decay: float, tau: float, steps: int) -> bool:
+    return ema_median_step(decay, tau, steps) >= EMA_MEDIAN_AT_LEAST * steps
 
 
 # === Paths ===

@@ -19,7 +19,7 @@ import tfqat  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfqat import cli
 from tfqat.recipe import build, run_dir
 from tfqat.recipe import flags as recipe_flags
-from tfqat.recipe.checks import check_batch_split, check_distribution, check_recipe
+from tfqat.recipe.checks import check_batch_split, check_distribution, check_ema, check_recipe
 
 FLAGS = flags.FLAGS
 recipe_flags.define_flags(FLAGS)
@@ -70,11 +70,12 @@ def main(argv):
     paths = build.dataset_paths(FLAGS)
     # Both annotation files, then every image: nothing is written before the datasets are valid.
     datasets = build.load_datasets(FLAGS, paths)
+    task = build.make_task(FLAGS, *datasets)
+    stages = build.stage_configs(FLAGS, task.steps_per_epoch)
+    check_ema(stages)
     if distribution is None or distribution.is_chief:
         os.makedirs(model_dir, exist_ok=True)
         run_dir.write_flags(FLAGS, model_dir)
-
-    task = build.make_task(FLAGS, *datasets)
 
     from tfqat.recipe.run import run_recipe
 
@@ -86,7 +87,7 @@ def main(argv):
             task,
             model_dir,
             paths,
-            build.stage_configs(FLAGS, task.steps_per_epoch),
+            stages,
             FLAGS.init_checkpoint,
             FLAGS.calibration_images,
             FLAGS.min_output_levels,
