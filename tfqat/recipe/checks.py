@@ -289,9 +289,9 @@ def check_ema(stages):
     end of the stage, not its middle (docs/results/yolo_synthetic.md, "The EMA window")."""
     for stage in stages:
         steps, decay, tau = stage.total_steps, stage.ema_decay, stage.ema_tau
-        if _ema_fits(decay, tau, steps):
-            continue
         median = ema_median_step(decay, tau, steps)
+        if median >= EMA_MEDIAN_AT_LEAST * steps:
+            continue
         fits = [d for d in EMA_DECAYS if d < decay and _ema_fits(d, tau, steps)]
         advice = f"use --ema_decay={fits[0]}" if fits else "lower --ema_decay or --ema_tau"
         raise app.UsageError(
