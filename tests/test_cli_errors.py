@@ -276,6 +276,8 @@ def test_export_and_tool_mistakes(broken, smoke_yolo_run, tmp_path):
     assert_one_line(result, "compare_pruned.py", 1, f"--pruned={pruned}: not a valid .tflite")
     result = run(f"{TOOLS}/compare_ema.py", f"--model_dir={broken / 'not_a_run'}")
     assert_one_line(result, "compare_ema.py", 1, "is not a tfqat run (no flags.txt)")
+    result = run(f"{TOOLS}/quantization_breakdown.py", f"--model_dir={broken / 'not_a_run'}")
+    assert_one_line(result, "quantization_breakdown.py", 1, "is not a tfqat run (no flags.txt)")
     result = run(f"{TOOLS}/benchmark.py", f"--model_dir={broken / 'not_a_run'}")
     assert_one_line(result, "benchmark.py", 1, "is not a tfqat run (no flags.txt)")
     result = run(f"{TOOLS}/benchmark_pipeline.py", f"--train_annotations={annotations}")

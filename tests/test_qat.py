@@ -143,6 +143,31 @@ def test_calibrate_sets_ranges_from_float_activations():
     assert high == pytest.approx(max(cls.max(), 0.0), rel=1e-5)
 
 
+def test_switch_off_quantizers_group_by_group_down_to_the_float_model():
+    model = small_detector("silu")
+    images = np.round(textured_images(8))  # whole pixels: the fixed input quantizer keeps them
+    init_batchnorm(model, images)
+    qat_model = qat.quantize(model)
+    calibrate(qat_model, model, images)
+    float_outputs = [np.asarray(o) for o in model(images[:2])]
+
+    def max_difference():
+        return max(
+            float(np.abs(np.asarray(o) - f).max())
+            for o, f in zip(qat_model(images[:2]), float_outputs)
+        )
+
+    assert max_difference() > 1e-3
+    counts = [qat.switch_off_quantizers(qat_model, [group]) for group in qat.QUANTIZER_GROUPS]
+    # small_detector: 12 conv-BN-SiLU blocks (the SiLU that feeds only a Concatenate is
+    # quantized by it), 1 add + 3 concats, 2 heads, 14 kernels.
+    assert counts == [12, 11, 4, 2, 14]
+    assert max_difference() < 1e-4
+    assert qat.switch_off_quantizers(qat_model, qat.QUANTIZER_GROUPS) == 0
+    with pytest.raises(ValueError, match=r"unknown quantizer groups \['bn'\]"):
+        qat.switch_off_quantizers(qat_model, ["bn"])
+
+
 # === save -> load ===
 
 

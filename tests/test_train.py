@@ -263,28 +263,47 @@ def test_flags_txt_reruns_the_job_and_resumes_every_finished_stage(smoke_yolo_ru
     assert json.loads((smoke_yolo_run / "report.json").read_text())["stages"] == before["stages"]
 
 
+def run_tool(script: str, run_dir, *flags):
+    """`python tools/<script> --model_dir=<run_dir> <flags>` on a fixture's run; must exit 0."""
+    env = dict(os.environ, TFQAT_CACHE_DIR=str(run_dir.parent / "cache"))
+    command = [sys.executable, os.path.join(REPO, "tools", script), f"--model_dir={run_dir}"]
+    result = subprocess.run([*command, *flags], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_compare_ema_scores_the_ema_as_the_run_does(smoke_yolo_run):
     """tools/compare_ema.py: the float_reference stage's EMA scores what the report gives its
     keras_float; its trained weights are scored beside it."""
-    env = dict(os.environ, TFQAT_CACHE_DIR=str(smoke_yolo_run.parent / "cache"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "compare_ema.py"),
-            f"--model_dir={smoke_yolo_run}",
-            "--stage=float_reference",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_tool("compare_ema.py", smoke_yolo_run, "--stage=float_reference")
     report = json.loads((smoke_yolo_run / "report.json").read_text())
     (keras_float,) = [a for a in report["artifacts"] if a["name"] == "keras_float"]
     line = result.stdout.strip().splitlines()[-1]
     assert f"EMA mAP50_95={keras_float['metrics']['mAP50_95']:.4f} " in line, line
     assert " trained mAP50_95=" in line, line
+
+
+def test_quantization_breakdown_starts_from_the_qat_model_the_run_scored(smoke_yolo_run):
+    """tools/quantization_breakdown.py: "all on" scores the report's keras_qat, and each variant
+    names how many quantizers it switched off (the mechanics: test_qat.py)."""
+    result = run_tool("quantization_breakdown.py", smoke_yolo_run)
+    report = json.loads((smoke_yolo_run / "report.json").read_text())
+    (keras_qat,) = [a for a in report["artifacts"] if a["name"] == "keras_qat"]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(smoke_yolo_run))]
+    assert len(lines) == 8, result.stdout
+    assert f"all on (0 off): mAP50_95={keras_qat['metrics']['mAP50_95']:.4f} " in lines[0]
+    counts = {line.split(str(smoke_yolo_run))[1].split(" off)")[0] for line in lines}
+    # The smoke model: 65 conv-BN-SiLU blocks, 21 adds and concats, 6 heads, 71 kernels.
+    assert counts == {
+        " all on (0",
+        " batch-norm outputs off (65",
+        " activation outputs off (65",
+        " add and concat outputs off (21",
+        " head outputs off (6",
+        " weights off (71",
+        " every activation off (157",
+        " nothing quantized (228",
+    }, counts
 
 
 @pytest.mark.slow

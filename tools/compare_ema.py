@@ -11,6 +11,7 @@ measures what an existing run lost. One line per run; `--model_dir` takes severa
 from absl import app, flags
 
 from tfqat import cli
+from tfqat.postprocess.metrics import format_metrics
 from tfqat.recipe.checks import has_checkpoint, run_flags
 
 FLAGS = flags.FLAGS
@@ -52,10 +53,6 @@ def main(argv):
         results = stage_metrics(model_dir, fv, FLAGS.stage)
         columns = [f"{label} {format_metrics(m)}" for label, m in results.items()]
         print(model_dir, FLAGS.stage, *columns, flush=True)
-
-
-def format_metrics(metrics: dict) -> str:
-    return " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from absl import app, flags
 
 import tfqat  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfqat import cli
+from tfqat.postprocess.metrics import format_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Run directory, or an exported model file.")
@@ -90,7 +91,7 @@ def main(argv):
 
     row = evaluate_model(model, task, place)
     record_row(model, task, paths, place, report, row)
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items())
+    metrics = format_metrics(row["metrics"])
     print(
         f"{row['name']} ({row['path']}): {metrics}; report {place.report_path}, predictions in "
         f"{os.path.join(os.path.dirname(place.report_path), row['predictions'])}"

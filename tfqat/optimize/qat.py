@@ -50,11 +50,13 @@ from tfqat.tf_compat import keras
 __all__ = [
     "INPUT_RANGE",
     "QUANTIZE_CONFIGS",
+    "QUANTIZER_GROUPS",
     "SCHEMES",
     "check_quantizable",
     "load_qat_model",
     "qat_scope",
     "quantize",
+    "switch_off_quantizers",
 ]
 
 _q = tfmot.quantization.keras
@@ -303,3 +305,68 @@ def load_qat_model(path: str, custom_objects=None) -> keras.Model:
     """Loads a QAT model written by `model.save("....h5")` (see the module docstring)."""
     with qat_scope(custom_objects or {}):
         return keras.models.load_model(path, compile=False)
+
+
+# === Switching quantizers off ===
+
+# The fake-quantizers of a QAT model by what they quantize: batch-norm outputs (the tensors
+# before each activation; the .tflite keeps them in int8 as its LOGISTIC/MUL or ReLU inputs),
+# activation outputs, adds and concats ("merge"), other layers' outputs (the heads), weights.
+QUANTIZER_GROUPS = ("batch_norm", "activation", "merge", "head", "weights")
+
+
+def _quantizer_group(inner_layer) -> str:
+    """The group (of QUANTIZER_GROUPS) of a wrapped layer's output quantizer, by its type."""
+    kind = type(inner_layer).__name__
+    if kind == "BatchNormalization":
+        return "batch_norm"
+    if kind in ("Activation", "ReLU"):
+        return "activation"
+    if kind in ("Conv2D", "Dense", "DepthwiseConv2D", "Conv2DTranspose"):
+        return "head"
+    return "merge"
+
+
+def _pass_through(inputs, training, weights, **kwargs):
+    """A quantizer that leaves its tensor in float."""
+    return inputs
+
+
+def _quantizes(activation) -> bool:
+    """Whether a QuantizeAwareActivation still quantizes (a Conv2D followed by batch norm has
+    one that does not: the batch norm's output is quantized instead)."""
+    if activation.quantizer is _pass_through:
+        return False
+    return activation._should_pre_quantize() or activation._should_post_quantize()  # noqa: SLF001
+
+
+def switch_off_quantizers(qat_model: keras.Model, groups) -> int:
+    """Makes the fake-quantizers of `groups` (QUANTIZER_GROUPS) pass values through, for
+    measuring what each group costs (tools/quantization_breakdown.py); returns how many it
+    switched off. The model then computes those tensors in float; it is not for export.
+
+    TF-MOT has no switch for this: its QuantizeWrapper keeps the output quantizers in
+    `_output_quantizers`, the QuantizeAwareActivations it sets on the wrapped layer at every call
+    in `_quantize_activations`, and (weight, quantizer, range variables) in `_weight_vars`.
+    """
+    unknown = sorted(set(groups) - set(QUANTIZER_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown quantizer groups {unknown}; valid: {list(QUANTIZER_GROUPS)}")
+    count = 0
+    for wrapper in qat_model.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or not hasattr(wrapper, "_weight_vars"):
+            continue
+        if _quantizer_group(inner) in groups:
+            if wrapper._output_quantizers:  # noqa: SLF001
+                wrapper._output_quantizers = []  # noqa: SLF001
+                count += 1
+            for activation in wrapper._quantize_activations:  # noqa: SLF001
+                if _quantizes(activation):
+                    activation.quantizer = _pass_through
+                    count += 1
+        if "weights" in groups:
+            weight_vars = wrapper._weight_vars  # noqa: SLF001
+            count += sum(quantizer is not _pass_through for _, quantizer, _ in weight_vars)
+            wrapper._weight_vars = [(w, _pass_through, v) for w, _, v in weight_vars]  # noqa: SLF001
+    return count

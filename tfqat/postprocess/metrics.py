@@ -11,6 +11,11 @@ IOU_TYPES = {"detection": "bbox", "pose": "keypoints"}
 METRIC_NAMES = {"bbox": ("mAP50_95", "mAP50"), "keypoints": ("AP", "AP50")}
 
 
+def format_metrics(metrics: dict) -> str:
+    """ "mAP50_95=0.4959 mAP50=0.6543": how every command prints a metrics dict."""
+    return " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+
+
 def coco_metrics(annotation_file: str, results: list, iou_type: str, image_ids=None) -> dict:
     """mAP50_95/mAP50 (bbox) or AP/AP50 (keypoints) from pycocotools, quietly."""
     from pycocotools.coco import COCO

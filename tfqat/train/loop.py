@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from tfqat.cli import RunStopped
+from tfqat.postprocess.metrics import format_metrics
 from tfqat.tf_compat import keras, tf
 from tfqat.train.checkpoints import (
     remove_interrupted_saves,
@@ -246,10 +247,8 @@ def fit(
                     validated, step=int(optimizer.iterations.numpy()), writer=val_writer
                 )
                 if verbose:
-                    print(
-                        f"[{config.name}] epoch {e + 1}/{config.epochs} val "
-                        + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                    )
+                    done = f"epoch {e + 1}/{config.epochs}"
+                    print(f"[{config.name}] {done} val {format_metrics(metrics)}")
         _save(distribution, checkpoint, manager, e + 1, f"[{config.name}] epoch {e + 1}")
     result = _result(distribution, ema, local, optimizer, seconds, config.name)
     result.val_results = val_results
