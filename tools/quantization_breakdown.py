@@ -38,11 +38,11 @@ def breakdown(model_dir: str, fv):
     from tfqat.optimize import qat
     from tfqat.recipe import build
     from tfqat.tasks.common import keras_predict_fn
-    from tfqat.train.checkpoints import restore_export_models
+    from tfqat.train.checkpoints import restore_qat_model
 
     task = build.make_task(fv, *build.load_datasets(fv, build.dataset_paths(fv)))
     for variant, groups in VARIANTS.items():
-        model = restore_export_models(task, model_dir, fv.stages)["keras_qat"]
+        model = restore_qat_model(task, model_dir, fv.stages)
         count = qat.switch_off_quantizers(model, groups)
         yield variant, count, task.metrics(task.predict(keras_predict_fn(model)))
 

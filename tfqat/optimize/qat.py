@@ -354,9 +354,9 @@ def switch_off_quantizers(qat_model: keras.Model, groups) -> int:
         raise ValueError(f"unknown quantizer groups {unknown}; valid: {list(QUANTIZER_GROUPS)}")
     count = 0
     for wrapper in qat_model.layers:
-        inner = getattr(wrapper, "layer", None)
-        if inner is None or not hasattr(wrapper, "_weight_vars"):
+        if not isinstance(wrapper, _q.QuantizeWrapper):
             continue
+        inner = wrapper.layer
         if _quantizer_group(inner) in groups:
             if wrapper._output_quantizers:  # noqa: SLF001
                 wrapper._output_quantizers = []  # noqa: SLF001

@@ -199,6 +199,13 @@ def restore_stage_model(task, model_dir: str, stage: str):
 
 def restore_export_models(task, model_dir: str, stages) -> dict:
     """{"keras_float", "keras_qat"} of a finished QAT or PQAT run, from its checkpoints."""
+    qat_model = restore_qat_model(task, model_dir, stages)
+    float_model = restore_stage_model(task, model_dir, latest_float_stage(model_dir))
+    return {"keras_float": float_model, "keras_qat": qat_model}
+
+
+def restore_qat_model(task, model_dir: str, stages):
+    """The QAT (or PQAT) model of a run, with the EMA weights of its stage's latest checkpoint."""
     from tfqat.optimize import qat
 
     stage = next((s for s in QAT_SCHEMES if s in stages), None)
@@ -213,8 +220,7 @@ def restore_export_models(task, model_dir: str, stages) -> dict:
     with qat.qat_scope():
         qat_model = qat.quantize(task.build_model(), QAT_SCHEMES[stage])
     restore_checked(tf.train.Checkpoint(ema=qat_model), latest, f"the {stage} model of this task")
-    float_model = restore_stage_model(task, model_dir, latest_float_stage(model_dir))
-    return {"keras_float": float_model, "keras_qat": qat_model}
+    return qat_model
 
 
 def head_variables(model) -> list:

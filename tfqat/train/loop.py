@@ -247,8 +247,10 @@ def fit(
                     validated, step=int(optimizer.iterations.numpy()), writer=val_writer
                 )
                 if verbose:
-                    done = f"epoch {e + 1}/{config.epochs}"
-                    print(f"[{config.name}] {done} val {format_metrics(metrics)}")
+                    print(
+                        f"[{config.name}] epoch {e + 1}/{config.epochs} val "
+                        + format_metrics(metrics)
+                    )
         _save(distribution, checkpoint, manager, e + 1, f"[{config.name}] epoch {e + 1}")
     result = _result(distribution, ema, local, optimizer, seconds, config.name)
     result.val_results = val_results
